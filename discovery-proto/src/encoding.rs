@@ -1,0 +1,149 @@
+//! The one place that turns messages into payload bytes and back.
+//!
+//! The payload encoding is bincode 2 through serde, with its standard configuration
+//! (little-endian, variable-length integers) and a decode limit, so that a length inside a
+//! payload can never make the decoder allocate much more than a frame could hold. Every call
+//! to bincode in the project is in this module: moving to another encoding is a change to
+//! this file alone.
+
+use std::io::Write;
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Instance, MAX_FRAME_BYTES, RequestId, Response, ServerFrame};
+
+/// The most memory one frame may make the decoder claim, in bytes.
+///
+/// bincode's limit counts the memory a decoded container will take, not the bytes it was
+/// read from: a vector of `n` instances claims `n * size_of::<Instance>()`, about four times
+/// its encoded size, and a metadata pair of two one-byte strings claims 48 bytes for 3 bytes
+/// on the wire. 64 times the largest frame covers every frame that fits in
+/// [`MAX_FRAME_BYTES`] while still bounding what a hostile length can claim to 4 MiB.
+const DECODE_LIMIT: usize = MAX_FRAME_BYTES * 64;
+
+type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
+
+/// The bincode configuration of the protocol, built once.
+const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+
+/// The most bytes a `ServerFrame::Instances` adds around its instances: the request id
+/// (a varint of at most 9 bytes), the variant index (1), the vector length (at most 9) and
+/// `more` (1), rounded up.
+const INSTANCES_FRAME_OVERHEAD: usize = 24;
+
+/// A message that travels as one frame: [`ClientFrame`](crate::ClientFrame) or
+/// [`ServerFrame`]. Both start with their request id.
+pub trait Frame: Serialize + DeserializeOwned {
+    /// The id this frame carries.
+    fn request_id(&self) -> RequestId;
+}
+
+impl Frame for crate::ClientFrame {
+    fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+}
+
+impl Frame for ServerFrame {
+    fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+}
+
+/// Encodes `frame` into a new payload (without the length prefix).
+pub fn encode<F: Frame>(frame: &F) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    encode_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the payload of `frame` to `out`, without an intermediate buffer.
+pub fn encode_into<F: Frame, W: Write>(frame: &F, out: &mut W) -> Result<usize, Error> {
+    bincode::serde::encode_into_std_write(frame, out, CONFIG)
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// The number of bytes `value` encodes to, without encoding it anywhere.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(value, &mut counter, CONFIG) {
+        Ok(()) => counter.bytes_written,
+        // Only a failing `Serialize` impl gets here, and none of ours fails.
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Decodes one whole payload. Bytes left over after the message are an error, as is
+/// anything that does not decode; neither ever panics.
+pub fn decode<F: Frame>(payload: &[u8]) -> Result<F, Error> {
+    match bincode::serde::decode_from_slice::<F, _>(payload, CONFIG) {
+        Ok((frame, used)) if used == payload.len() => Ok(frame),
+        Ok((frame, used)) => Err(Error::TrailingBytes {
+            request_id: frame.request_id(),
+            extra: payload.len() - used,
+        }),
+        Err(e) => Err(Error::Malformed {
+            request_id: peek_request_id(payload),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Reads the request id at the start of a payload that may not decode as a whole.
+pub fn peek_request_id(payload: &[u8]) -> Option<RequestId> {
+    bincode::serde::decode_from_slice::<RequestId, _>(payload, CONFIG)
+        .ok()
+        .map(|(id, _)| id)
+}
+
+/// Splits the answer to a query into `Instances` frames of at most `max_frame_bytes` each,
+/// `more` set on all but the last. An empty answer is one frame with no instances.
+///
+/// Fails with [`Error::FrameTooLarge`] only if a single instance cannot fit in a frame of
+/// that size, which a server prevents by refusing such an instance at register.
+pub fn instance_frames(
+    request_id: RequestId,
+    instances: Vec<Instance>,
+    max_frame_bytes: usize,
+) -> Result<Vec<ServerFrame>, Error> {
+    let budget = max_frame_bytes.min(MAX_FRAME_BYTES);
+    let mut frames = Vec::new();
+    let mut part = Vec::new();
+    let mut used = INSTANCES_FRAME_OVERHEAD;
+    for instance in instances {
+        let len = encoded_len(&instance);
+        if INSTANCES_FRAME_OVERHEAD + len > budget {
+            return Err(Error::FrameTooLarge {
+                len: INSTANCES_FRAME_OVERHEAD + len,
+                max: budget,
+            });
+        }
+        if used + len > budget {
+            frames.push(instances_frame(request_id, std::mem::take(&mut part), true));
+            used = INSTANCES_FRAME_OVERHEAD;
+        }
+        used += len;
+        part.push(instance);
+    }
+    frames.push(instances_frame(request_id, part, false));
+    Ok(frames)
+}
+
+/// The encoded size of `instance` inside an `Instances` frame, with that frame's overhead:
+/// a server refuses to register an instance for which this exceeds its frame limit.
+pub fn instance_frame_len(instance: &Instance) -> usize {
+    instance_frame_len_of(instance)
+}
+
+/// Like [`instance_frame_len`], for anything that encodes as an [`Instance`] does, such as
+/// a tuple of its fields in order: a server checks a register this way without building
+/// the instance.
+pub fn instance_frame_len_of<T: Serialize>(instance_fields: &T) -> usize {
+    INSTANCES_FRAME_OVERHEAD.saturating_add(encoded_len(instance_fields))
+}
+
+fn instances_frame(request_id: RequestId, instances: Vec<Instance>, more: bool) -> ServerFrame {
+    ServerFrame::new(request_id, Response::Instances { instances, more })
+}

@@ -1,0 +1,226 @@
+//! The frames a client and a server exchange, and what they carry.
+//!
+//! Every type here derives serde's `Serialize` and `Deserialize` plainly: bincode encodes an
+//! enum by the index of its variant, so new variants go at the end of an enum and no serde
+//! attribute that skips, flattens or retags a field may be used (they corrupt bincode data).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Numbers a request so that its answer can be matched to it. Clients count from 1; the
+/// server uses [`SERVER_REQUEST_ID`](crate::SERVER_REQUEST_ID) (0) outside any request.
+pub type RequestId = u64;
+
+/// Free-form key/value pairs an instance registers with (a version, a zone, a weight...).
+/// Sorted by key, so that an instance always encodes to the same bytes.
+pub type Metadata = BTreeMap<String, String>;
+
+/// One request from a client, with the id its answer will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client; echoed in every frame that answers this request.
+    pub request_id: RequestId,
+    /// What the client asks.
+    pub request: Request,
+}
+
+impl ClientFrame {
+    /// A frame carrying `request` under `request_id`.
+    pub fn new(request_id: RequestId, request: Request) -> Self {
+        Self {
+            request_id,
+            request,
+        }
+    }
+}
+
+/// One answer from the server, with the id of the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    /// The id of the request answered, or 0 for a frame sent outside any request.
+    pub request_id: RequestId,
+    /// The answer.
+    pub response: Response,
+}
+
+impl ServerFrame {
+    /// A frame carrying `response` under `request_id`.
+    pub fn new(request_id: RequestId, response: Response) -> Self {
+        Self {
+            request_id,
+            response,
+        }
+    }
+}
+
+/// What a client can ask. New variants go at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The first frame of every connection: the server answers [`Response::Welcome`], or an
+    /// error of kind [`ErrorKind::UnsupportedVersion`] and closes the connection.
+    Hello {
+        /// The [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) the client speaks.
+        protocol_version: u16,
+        /// A name for the server's logs (a program name, a host); may be empty.
+        client_name: String,
+    },
+    /// Announce an instance. Answered by [`Response::Registered`] with a new id, or an error.
+    /// Registering the same (`service_type`, `ip`, `port`) again replaces the older entry.
+    Register {
+        /// What the instance provides, such as `billing`.
+        service_type: String,
+        /// Where callers reach it.
+        ip: IpAddr,
+        /// Where callers reach it; 1 to 65535.
+        port: u16,
+        /// Free-form pairs shown to callers.
+        metadata: Metadata,
+    },
+    /// Keep an instance alive for another TTL. Answered by [`Response::Ok`], or
+    /// [`Response::NotFound`] when the id is unknown or expired: the instance must register
+    /// again.
+    Heartbeat {
+        /// The id [`Response::Registered`] gave.
+        id: Uuid,
+    },
+    /// Remove an instance at once. Answered by [`Response::Ok`] or [`Response::NotFound`].
+    Deregister {
+        /// The id [`Response::Registered`] gave.
+        id: Uuid,
+    },
+    /// List the live instances of a type. Answered by one or more [`Response::Instances`].
+    Query {
+        /// The type to list.
+        service_type: String,
+    },
+    /// Check that the connection is alive. Answered by [`Response::Pong`].
+    Ping,
+}
+
+/// What a server answers. New variants go at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to `Hello`: what the server speaks and the limits it enforces.
+    Welcome {
+        /// The [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) the server speaks.
+        protocol_version: u16,
+        /// How long an instance stays live after its register or its last heartbeat.
+        ttl: Duration,
+        /// The limits the server enforces, so that a client can check before it sends.
+        limits: Limits,
+    },
+    /// The answer to `Register`: the id the server made for the new instance.
+    Registered {
+        /// The id to heartbeat and deregister with.
+        id: Uuid,
+    },
+    /// The request succeeded and has nothing to say.
+    Ok,
+    /// The instance is unknown or expired.
+    NotFound,
+    /// Part of the answer to `Query`. An answer too large for one frame comes as several
+    /// frames with the same request id, `more` true on every one but the last.
+    Instances {
+        /// The live instances in this part.
+        instances: Vec<Instance>,
+        /// True when more frames of this answer follow.
+        more: bool,
+    },
+    /// The answer to `Ping`.
+    Pong,
+    /// The request failed; the connection goes on unless the kind says otherwise.
+    Error {
+        /// What kind of failure, for programs.
+        kind: ErrorKind,
+        /// What went wrong, for people.
+        message: String,
+    },
+}
+
+/// The kinds of [`Response::Error`]. New kinds go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The client's protocol version is not spoken here; the connection is closed.
+    UnsupportedVersion,
+    /// The first frame was not `Hello`; the connection is closed.
+    HelloRequired,
+    /// A second `Hello` on a connection that already had one.
+    UnexpectedHello,
+    /// The frame did not decode as a request; the connection goes on.
+    MalformedFrame,
+    /// The service type is empty, too long or has control characters.
+    InvalidServiceType,
+    /// The ip is not an address a caller can connect to (unspecified, multicast, broadcast).
+    InvalidAddress,
+    /// The port is 0.
+    InvalidPort,
+    /// The metadata has too many pairs, or a key or value that is too long.
+    InvalidMetadata,
+    /// The server holds as many instances as it may.
+    InstanceLimit,
+    /// The type holds as many instances as it may.
+    TypeLimit,
+    /// The server has as many connections as it may; the connection is closed.
+    TooManyConnections,
+    /// The server is shutting down; the connection is closed.
+    ShuttingDown,
+    /// The request was understood but the server failed to carry it out.
+    Internal,
+}
+
+impl ErrorKind {
+    /// True when the server closes the connection after sending this error.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::UnsupportedVersion
+                | ErrorKind::HelloRequired
+                | ErrorKind::TooManyConnections
+                | ErrorKind::ShuttingDown
+        )
+    }
+}
+
+/// The limits a server enforces, announced in [`Response::Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest frame payload the server accepts or sends, in bytes.
+    pub max_frame_bytes: u32,
+    /// The most live instances the server holds in total.
+    pub max_instances: u64,
+    /// The most live instances of one type.
+    pub max_instances_per_type: u64,
+    /// The longest service type, in bytes.
+    pub max_type_bytes: u32,
+    /// The most metadata pairs of one instance.
+    pub max_metadata_pairs: u32,
+    /// The longest metadata key, in bytes.
+    pub max_metadata_key_bytes: u32,
+    /// The longest metadata value, in bytes.
+    pub max_metadata_value_bytes: u32,
+}
+
+/// A live instance, as a query lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The id the server gave it when it registered.
+    pub id: Uuid,
+    /// What it provides.
+    pub service_type: String,
+    /// Where callers reach it.
+    pub ip: IpAddr,
+    /// Where callers reach it.
+    pub port: u16,
+    /// The pairs it registered with.
+    pub metadata: Metadata,
+    /// The wall-clock time of its register or last heartbeat, for people to read; on the
+    /// wire, milliseconds since the Unix epoch (liveness itself runs on the server's
+    /// monotonic clock, never on this).
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub last_heartbeat: DateTime<Utc>,
+}

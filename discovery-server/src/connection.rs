@@ -1,0 +1,278 @@
+//! One client connection: the socket, its buffers, and the loop that reads requests and
+//! writes answers.
+//!
+//! The loop owns the reading itself instead of using `Framed`, because two limits need to
+//! know what `Framed` hides: the idle timeout runs while no byte of a frame has come, and the
+//! frame timeout from the first byte of a frame until its last. Framing and decoding are
+//! still the protocol crate's codec, applied to our buffer.
+//!
+//! Pipelining falls out of the buffers: every complete frame already read is answered into
+//! the write buffer, and the write buffer is flushed once, when no complete frame is left.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use discovery_proto::codec::ServerCodec;
+use discovery_proto::encoding;
+use discovery_proto::{
+    ClientFrame, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::ServerConfig;
+use crate::handler::{self, Answer};
+use crate::{Error, Registry};
+
+/// How much is read from the socket at a time, at least.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How long a closing connection waits for its client to close too.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A client connection and its buffers.
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    codec: ServerCodec,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// When the first byte of the frame now in `read_buf` came, if one has started.
+    frame_started: Option<Instant>,
+    /// When the last complete frame came (or the connection opened).
+    last_frame: Instant,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+}
+
+/// What waiting for more bytes ended with.
+enum Fill {
+    /// Bytes were read.
+    Data,
+    /// The client closed the connection between frames.
+    Closed,
+    /// No frame came for the idle timeout.
+    Idle,
+    /// A frame was started but not finished within the frame timeout.
+    Stalled,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl Connection {
+    /// Wraps an accepted socket.
+    pub fn new(stream: TcpStream, peer: SocketAddr, config: &ServerConfig) -> Self {
+        Self {
+            stream,
+            peer,
+            codec: ServerCodec::new(config.max_frame_bytes),
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::with_capacity(READ_CHUNK),
+            frame_started: None,
+            last_frame: Instant::now(),
+            idle_timeout: config.idle_timeout,
+            frame_timeout: config.frame_timeout,
+        }
+    }
+
+    /// Serves the connection until the client leaves, breaks a rule that ends it, or the
+    /// server shuts down. Requests already read when shutdown begins are still answered.
+    pub async fn run(
+        mut self,
+        registry: Registry,
+        config: &ServerConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        let max_frame_bytes = self.codec.max_frame_bytes();
+        let mut greeted = false;
+        loop {
+            // Answer every complete frame already buffered before touching the socket.
+            while let Some(item) = self.next_buffered()? {
+                let (request_id, answer) = match item {
+                    Ok(ClientFrame {
+                        request_id,
+                        request,
+                    }) if greeted => (
+                        request_id,
+                        handler::handle(&registry, max_frame_bytes, request),
+                    ),
+                    Ok(ClientFrame {
+                        request_id,
+                        request,
+                    }) => (request_id, handler::hello(config, &request)),
+                    Err(e) if greeted => {
+                        let request_id = e.request_id().unwrap_or(SERVER_REQUEST_ID);
+                        let answer = handler::error(ErrorKind::MalformedFrame, e.to_string());
+                        (request_id, Answer::Response(answer))
+                    }
+                    Err(e) => {
+                        debug!(peer = %self.peer, error = %e, "first frame did not decode");
+                        let request_id = e.request_id().unwrap_or(SERVER_REQUEST_ID);
+                        (request_id, Answer::Close(handler::hello_required()))
+                    }
+                };
+                greeted = true;
+                if !self.answer(request_id, answer, max_frame_bytes)? {
+                    return self.close().await;
+                }
+            }
+            self.flush().await?;
+            match self.fill(shutdown).await? {
+                Fill::Data => {}
+                Fill::Closed => return Ok(()),
+                Fill::Idle => {
+                    debug!(peer = %self.peer, "closing idle connection");
+                    return Ok(());
+                }
+                Fill::Stalled => {
+                    debug!(peer = %self.peer, "closing connection stalled mid-frame");
+                    return Ok(());
+                }
+                Fill::Shutdown => {
+                    let bye =
+                        handler::error(ErrorKind::ShuttingDown, "the server is shutting down");
+                    self.push(&ServerFrame::new(SERVER_REQUEST_ID, bye))?;
+                    return self.close().await;
+                }
+            }
+        }
+    }
+
+    /// Encodes an answer into the write buffer; false when the connection must close after it.
+    fn answer(
+        &mut self,
+        request_id: RequestId,
+        answer: Answer,
+        max_frame_bytes: usize,
+    ) -> Result<bool, Error> {
+        match answer {
+            Answer::Response(response) => {
+                self.push(&ServerFrame::new(request_id, response))?;
+                Ok(true)
+            }
+            Answer::Close(response) => {
+                self.push(&ServerFrame::new(request_id, response))?;
+                Ok(false)
+            }
+            Answer::Instances(instances) => {
+                // Registration refuses any instance too large for a frame, so this only
+                // fails if that check and this one ever disagree; say so to the client.
+                match encoding::instance_frames(request_id, instances, max_frame_bytes) {
+                    Ok(frames) => {
+                        for frame in &frames {
+                            self.push(frame)?;
+                        }
+                    }
+                    Err(e) => {
+                        let response = handler::error(ErrorKind::Internal, e.to_string());
+                        self.push(&ServerFrame::new(request_id, response))?;
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn push(&mut self, frame: &ServerFrame) -> Result<(), Error> {
+        Ok(self.codec.encode(frame, &mut self.write_buf)?)
+    }
+
+    /// The next complete frame in the read buffer, without reading the socket. An oversize
+    /// length is an error that ends the connection.
+    fn next_buffered(
+        &mut self,
+    ) -> Result<Option<Result<ClientFrame, discovery_proto::Error>>, Error> {
+        let item = self.codec.decode(&mut self.read_buf)?;
+        if item.is_some() {
+            let now = Instant::now();
+            self.last_frame = now;
+            // Bytes left over are the start of the next frame, which came with this read.
+            self.frame_started = (!self.read_buf.is_empty()).then_some(now);
+        }
+        Ok(item)
+    }
+
+    /// Writes out every buffered answer. A client that does not read its answers for the
+    /// frame timeout is cut off, so that it cannot hold a connection open by not reading.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let write = self.stream.write_all_buf(&mut self.write_buf);
+        match timeout(self.frame_timeout, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not read its answers within the frame timeout",
+            ))),
+        }
+    }
+
+    /// Sends the last answers and closes, so that the client reads them. Closing a socket
+    /// with unread input makes the kernel send a reset, which can destroy answers the client
+    /// has not read yet; so the write side is shut first and what the client still sends is
+    /// read and dropped, for a bounded time, until it closes too.
+    async fn close(&mut self) -> Result<(), Error> {
+        self.flush().await?;
+        self.stream.shutdown().await?;
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = timeout(LINGER, drain).await;
+        Ok(())
+    }
+
+    /// Waits for more bytes, the end of the stream, a timeout or shutdown, whichever is
+    /// first. Cancel-safe: `read_buf` either took bytes or did not.
+    async fn fill(&mut self, shutdown: &CancellationToken) -> Result<Fill, Error> {
+        let deadline = match self.frame_started {
+            Some(started) => started + self.frame_timeout,
+            None => self.last_frame + self.idle_timeout,
+        };
+        self.read_buf.reserve(READ_CHUNK);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Ok(Fill::Shutdown),
+            read = self.stream.read_buf(&mut self.read_buf) => match read? {
+                0 if self.read_buf.is_empty() => Ok(Fill::Closed),
+                0 => Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a frame",
+                ))),
+                _ => {
+                    self.frame_started.get_or_insert_with(Instant::now);
+                    Ok(Fill::Data)
+                }
+            },
+            _ = sleep_until(deadline) => Ok(if self.frame_started.is_some() {
+                Fill::Stalled
+            } else {
+                Fill::Idle
+            }),
+        }
+    }
+}
+
+/// Refuses a connection over the cap with an error frame, then closes it.
+pub async fn refuse(mut stream: TcpStream, kind: ErrorKind, message: &str) {
+    let mut codec = ServerCodec::default();
+    let mut buf = BytesMut::new();
+    let frame = ServerFrame::new(
+        SERVER_REQUEST_ID,
+        Response::Error {
+            kind,
+            message: message.to_owned(),
+        },
+    );
+    if codec.encode(&frame, &mut buf).is_ok() {
+        // A peer that does not take one small frame within a second is not waited for.
+        let _ = timeout(Duration::from_secs(1), stream.write_all_buf(&mut buf)).await;
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,114 @@
+//! Handling a request: a plain function from the registry and a request to an answer, with
+//! no I/O, so that every rule of the protocol can be read in one place and tested alone.
+
+use std::net::IpAddr;
+
+use discovery_proto::encoding;
+use discovery_proto::{ErrorKind, Instance, Metadata, PROTOCOL_VERSION, Request, Response};
+use uuid::Uuid;
+
+use crate::Registry;
+use crate::config::ServerConfig;
+
+/// What a request is answered with.
+#[derive(Debug)]
+pub enum Answer {
+    /// One frame.
+    Response(Response),
+    /// The instances of a query, which the connection splits into as many `Instances`
+    /// frames as the frame limit requires.
+    Instances(Vec<Instance>),
+    /// A last frame, after which the connection is closed.
+    Close(Response),
+}
+
+/// Answers the first frame of a connection, which must be `Hello` in the version we speak.
+pub fn hello(config: &ServerConfig, request: &Request) -> Answer {
+    match request {
+        Request::Hello {
+            protocol_version, ..
+        } if *protocol_version == PROTOCOL_VERSION => Answer::Response(Response::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            ttl: config.registry.ttl,
+            limits: config.limits(),
+        }),
+        Request::Hello {
+            protocol_version, ..
+        } => Answer::Close(error(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "protocol version {protocol_version} is not spoken here; this server speaks {PROTOCOL_VERSION}"
+            ),
+        )),
+        _ => Answer::Close(hello_required()),
+    }
+}
+
+/// The refusal of a connection whose first frame is not `Hello`.
+pub fn hello_required() -> Response {
+    error(
+        ErrorKind::HelloRequired,
+        "the first frame of a connection must be Hello",
+    )
+}
+
+/// Answers a request on a connection that has said `Hello`.
+pub fn handle(registry: &Registry, max_frame_bytes: usize, request: Request) -> Answer {
+    let response = match request {
+        Request::Hello { .. } => error(
+            ErrorKind::UnexpectedHello,
+            "this connection has already said Hello",
+        ),
+        Request::Register {
+            service_type,
+            ip,
+            port,
+            metadata,
+        } => {
+            let len = instance_frame_len(&service_type, ip, port, &metadata);
+            if len > max_frame_bytes {
+                return Answer::Response(error(
+                    ErrorKind::InvalidMetadata,
+                    format!(
+                        "the instance would take {len} bytes in a query answer, over this server's frame limit of {max_frame_bytes}"
+                    ),
+                ));
+            }
+            match registry.register(&service_type, ip, port, metadata) {
+                Ok(id) => Response::Registered { id },
+                Err(e) => error(e.kind(), e.to_string()),
+            }
+        }
+        Request::Heartbeat { id } => found(registry.heartbeat(id)),
+        Request::Deregister { id } => found(registry.deregister(id)),
+        Request::Query { service_type } => {
+            return Answer::Instances(registry.query(&service_type));
+        }
+        Request::Ping => Response::Pong,
+    };
+    Answer::Response(response)
+}
+
+/// An `Error` answer.
+pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn found(found: bool) -> Response {
+    if found {
+        Response::Ok
+    } else {
+        Response::NotFound
+    }
+}
+
+/// The size an instance would take in a query answer, computed from the register's fields
+/// without building the instance: the same fields in the same order encode to the same
+/// bytes, and the largest timestamp stands in for the real one.
+fn instance_frame_len(service_type: &str, ip: IpAddr, port: u16, metadata: &Metadata) -> usize {
+    let fields = (Uuid::nil(), service_type, ip, port, metadata, i64::MAX);
+    encoding::instance_frame_len_of(&fields)
+}
