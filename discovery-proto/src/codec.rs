@@ -52,6 +52,12 @@ impl<In, Out> FrameCodec<In, Out> {
         }
     }
 
+    /// True while a frame has begun and not ended in bytes this codec has taken from the
+    /// buffer: an empty buffer then does not mean the stream is between frames.
+    pub fn mid_frame(&self) -> bool {
+        self.in_payload
+    }
+
     /// The payload limit this codec enforces.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_frame_bytes
@@ -93,6 +99,20 @@ impl<In: Frame, Out> Decoder for FrameCodec<In, Out> {
                 self.in_payload |= has_head;
                 Ok(None)
             }
+        }
+    }
+
+    /// Like `decode`, at the end of the stream: nothing left is a clean end, and any part
+    /// of a frame is an error. (The default would take a stream that ended right after a
+    /// length, which `framing` has already consumed, for a clean end.)
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
+            None if src.is_empty() && !self.in_payload => Ok(None),
+            None => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the stream ended in the middle of a frame",
+            ))),
         }
     }
 }

@@ -14,13 +14,13 @@ use serde::de::DeserializeOwned;
 
 use crate::{Error, Instance, MAX_FRAME_BYTES, RequestId, Response, ServerFrame};
 
-/// The most memory one frame may make the decoder claim, in bytes.
+/// bincode's decode limit, in bytes.
 ///
-/// bincode's limit counts the memory a decoded container will take, not the bytes it was
-/// read from: a vector of `n` instances claims `n * size_of::<Instance>()`, about four times
-/// its encoded size, and a metadata pair of two one-byte strings claims 48 bytes for 3 bytes
-/// on the wire. 64 times the largest frame covers every frame that fits in
-/// [`MAX_FRAME_BYTES`] while still bounding what a hostile length can claim to 4 MiB.
+/// The limit is not a count of the bytes read: bincode charges it for what decoding claims
+/// (string and integer reads, container lengths), so a full 64 KiB frame of small instances
+/// goes over a limit of 64 KiB. What bounds the work of a frame is its length, which the
+/// framing caps at [`MAX_FRAME_BYTES`]; this limit, 64 times that, is a second guard
+/// against a length inside a payload that claims more than any frame could hold.
 const DECODE_LIMIT: usize = MAX_FRAME_BYTES * 64;
 
 type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;

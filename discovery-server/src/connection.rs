@@ -240,7 +240,7 @@ impl Connection {
             biased;
             _ = shutdown.cancelled() => Ok(Fill::Shutdown),
             read = self.stream.read_buf(&mut self.read_buf) => match read? {
-                0 if self.read_buf.is_empty() => Ok(Fill::Closed),
+                0 if self.read_buf.is_empty() && !self.codec.mid_frame() => Ok(Fill::Closed),
                 0 => Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "connection closed in the middle of a frame",
