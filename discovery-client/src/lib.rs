@@ -1,0 +1,89 @@
+//! The async client of the discovery service registry: services announce themselves and
+//! stay alive with it, callers find them with it.
+//!
+//! | module | what it is for |
+//! |---|---|
+//! | [`client`] | [`Client`], the cheap-to-clone handle every call goes through, and its [`ClientBuilder`] |
+//! | [`registration`] | [`Registration`], an announced instance kept alive by a background heartbeat loop, and the [`ServiceSpec`] it announces |
+//! | [`config`] | server addresses, and the defaults of every timeout |
+//! | [`error`] | [`Error`], one enum for every failure, with predicates to act on |
+//! | `worker` | the task that owns the connection: handshake, pipelining, reconnection, failover |
+//! | `backoff` | the exponential backoff with jitter between rounds of connection attempts |
+//!
+//! # Guide
+//!
+//! A program builds one [`Client`] with the addresses of its servers and clones it
+//! wherever it is needed. The client connects on the first call, says `Hello`, and from
+//! then on reconnects on its own, failing over to the next address when one is down.
+//!
+//! A service announces itself with [`Client::register`], which returns a
+//! [`Registration`]: as long as it lives, a background loop heartbeats the instance, and
+//! registers it again if the server forgot it (after a restart, say). A caller finds the
+//! live instances of a type with [`Client::query`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let server_address = listener.local_addr()?;
+//! # let stop = tokio_util::sync::CancellationToken::new();
+//! # let server = tokio::spawn(discovery_server::server::run(listener, Default::default(), stop.clone()));
+//! use discovery_client::{Client, ServiceSpec};
+//!
+//! // The billing service announces where it listens, once, at startup.
+//! let client = Client::builder()
+//!     .address(server_address) // "127.0.0.1:7777", or a host name
+//!     .client_name("billing")
+//!     .build()?;
+//! let registration = client
+//!     .register(ServiceSpec::new("billing", "127.0.0.1:8080".parse()?).with_metadata("version", "1.4.2"))
+//!     .await?;
+//!
+//! // Elsewhere, a caller looks for billing instances.
+//! let caller = Client::builder().address(server_address).build()?;
+//! let billing = caller.query("billing").await?;
+//! assert_eq!(billing.len(), 1);
+//! assert_eq!(billing[0].id, registration.id());
+//! assert_eq!(billing[0].port, 8080);
+//! assert_eq!(billing[0].metadata["version"], "1.4.2");
+//!
+//! // The service stops heartbeating and deregisters on its way out: callers stop
+//! // finding it at once.
+//! registration.shutdown().await?;
+//! assert!(caller.query("billing").await?.is_empty());
+//! # drop((client, caller));
+//! # stop.cancel();
+//! # server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors and timeouts
+//!
+//! Every call waits at most the connect timeout (default 3 s) for a connection, then at
+//! most the request timeout (default 5 s) for its answer; see [`ClientBuilder`]. Failures
+//! are one [`Error`] type: [`Error::is_not_found`] for an instance the server does not know,
+//! [`Error::is_connection`] when no server could carry the call, [`Error::is_timeout`] when
+//! one did not answer in time, and [`Error::is_rejected`] when it refused the request.
+//!
+//! A request that was on the wire when its connection broke fails with
+//! [`Error::Disconnected`] and is not sent again, because it may already have been carried
+//! out; the next call goes over a new connection.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod registration;
+
+mod backoff;
+mod worker;
+
+pub use client::{Client, ClientBuilder, ServerInfo};
+pub use error::Error;
+pub use registration::{Registration, RegistrationState, ServiceSpec};
+
+/// The wire types a caller handles, re-exported so that a program needs no direct
+/// dependency on `discovery-proto`.
+pub use discovery_proto::{ErrorKind, Instance, Limits, Metadata};
+/// Instance ids, re-exported for the same reason.
+pub use uuid::Uuid;

@@ -1,0 +1,676 @@
+//! The task that owns the connection: every [`Client`](crate::Client) handle hands its calls
+//! to one worker over a bounded channel, in the manner of tower's `buffer`.
+//!
+//! The worker is the only place that knows about sockets. It connects on demand (no call
+//! waiting, no connection attempt), says `Hello`, numbers requests, writes them as they come
+//! (pipelining) and matches answers to requests by id, joining the parts of multi-frame
+//! query answers. When a connection breaks it fails the requests that were on the wire
+//! (they may or may not have been carried out, so they are never sent twice) and, when
+//! calls are waiting, connects again: first to the next address in the list, and after a
+//! whole round of failed attempts with [`Backoff`].
+//!
+//! A call that waits longer than the connect timeout for a connection fails with
+//! [`Error::Unreachable`]; a request that waits longer than the request timeout for its
+//! answer fails with [`Error::Timeout`] and costs the connection, since answers come in
+//! order and nothing behind it can come sooner.
+//!
+//! The socket is split into a read half and a write half that make progress independently
+//! inside one `select!`: a writer blocked on a full socket while the server is blocked
+//! writing answers the worker does not read would deadlock both.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use discovery_proto::codec::ClientCodec;
+use discovery_proto::{
+    ClientFrame, ErrorKind, Instance, PROTOCOL_VERSION, Request, RequestId, Response,
+    SERVER_REQUEST_ID, ServerFrame, encoding,
+};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::client::ServerInfo;
+use crate::config::{BACKOFF_INITIAL, CALL_BUFFER, ClientConfig, MAX_IN_FLIGHT, ServerAddress};
+use crate::error::Error;
+
+/// What a call receives: the server's response (the parts of a query answer joined into
+/// one `Instances`), or why there is none. Error answers are already turned into errors.
+pub(crate) type Answer = Result<Response, Error>;
+
+/// One call handed to the worker.
+pub(crate) struct Call {
+    pub(crate) request: Request,
+    pub(crate) reply: oneshot::Sender<Answer>,
+    /// When the caller made the call: the connect timeout counts from here.
+    pub(crate) queued_at: Instant,
+}
+
+/// State the worker shares with the handles.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Why the worker stopped, once it has.
+    stopped: Mutex<Option<String>>,
+    /// The server of the current or last connection.
+    server: Mutex<Option<ServerInfo>>,
+}
+
+impl Shared {
+    pub(crate) fn stop_reason(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_stop_reason(&self, reason: String) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        stopped.get_or_insert(reason);
+    }
+
+    pub(crate) fn server(&self) -> Option<ServerInfo> {
+        self.server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_server(&self, info: ServerInfo) {
+        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
+    }
+}
+
+/// Starts the worker on `runtime`.
+pub(crate) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    config: Arc<ClientConfig>,
+    calls: mpsc::Receiver<Call>,
+    shared: Arc<Shared>,
+) {
+    let mut worker = Worker::new(config, calls, shared);
+    runtime.spawn(async move {
+        // The worker is borrowed, not moved, into the caught future: if it panics, the
+        // reason is recorded before the worker (and every reply sender it holds) is dropped.
+        let outcome = AssertUnwindSafe(worker.run()).catch_unwind().await;
+        if let Err(panic) = outcome {
+            let reason = format!("its worker task panicked: {}", panic_message(&*panic));
+            warn!("discovery client stopped: {reason}");
+            worker.shared.set_stop_reason(reason);
+        }
+    });
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(no message)"
+    }
+}
+
+/// Records a reason when the worker is dropped without having recorded one: its task was
+/// cancelled because its runtime shut down.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0
+            .set_stop_reason("the tokio runtime that ran its worker task has shut down".to_owned());
+    }
+}
+
+/// A request on the wire, waiting for its answer.
+struct InFlight {
+    id: RequestId,
+    reply: oneshot::Sender<Answer>,
+    /// When the request fails with a timeout; moved on by every part of a query answer.
+    deadline: Instant,
+    /// The parts of a query answer received so far.
+    instances: Vec<Instance>,
+}
+
+/// An established connection, after `Welcome`.
+struct Connection {
+    reader: FramedRead<OwnedReadHalf, ClientCodec>,
+    writer: FramedWrite<OwnedWriteHalf, ClientCodec>,
+    info: ServerInfo,
+    /// Its position in the address list.
+    index: usize,
+}
+
+/// A connection attempt under way: it yields the index of the address it tried.
+type Attempt = std::pin::Pin<Box<dyn Future<Output = (usize, Result<Connection, Error>)> + Send>>;
+
+/// What the worker does after a phase.
+enum Next {
+    Go,
+    /// Every handle is gone: nobody can call any more.
+    Stop,
+}
+
+struct Worker {
+    // Declared first, so dropped first: the reason is recorded before the fields below
+    // (which hold the callers' reply senders) are dropped.
+    _stop_guard: StopGuard,
+    shared: Arc<Shared>,
+    calls: mpsc::Receiver<Call>,
+    /// Calls taken from the channel and not yet written.
+    queue: VecDeque<Call>,
+    /// Requests written and not yet answered, in the order they were written.
+    in_flight: VecDeque<InFlight>,
+    config: Arc<ClientConfig>,
+    next_request_id: RequestId,
+    /// The address of the next attempt.
+    next_address: usize,
+    /// Attempts failed since the last connection that answered a request.
+    failures: usize,
+    backoff: Backoff,
+    /// No attempt starts before this: the backoff outlives the calls that waited on it, so
+    /// that callers arriving one after another cannot make the worker hammer a dead server.
+    next_attempt_at: Instant,
+    /// Why the latest attempt failed, for the callers that give up waiting.
+    last_error: Option<Arc<Error>>,
+}
+
+impl Worker {
+    fn new(config: Arc<ClientConfig>, calls: mpsc::Receiver<Call>, shared: Arc<Shared>) -> Self {
+        Self {
+            _stop_guard: StopGuard(shared.clone()),
+            shared,
+            calls,
+            queue: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            backoff: Backoff::new(BACKOFF_INITIAL, config.backoff_max),
+            config,
+            next_request_id: 1,
+            next_address: 0,
+            failures: 0,
+            next_attempt_at: Instant::now(),
+            last_error: None,
+        }
+    }
+
+    async fn run(&mut self) {
+        loop {
+            if self.queue.is_empty() {
+                // No connection and nothing to do: wait for a call without touching the
+                // network.
+                match self.calls.recv().await {
+                    Some(call) => self.queue.push_back(call),
+                    None => return,
+                }
+            }
+            let connection = match self.connect().await {
+                Ok(Some(connection)) => connection,
+                Ok(None) => continue,
+                Err(Stop) => return,
+            };
+            if let Next::Stop = self.serve(connection).await {
+                return;
+            }
+        }
+    }
+
+    fn take_request_id(&mut self) -> RequestId {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    /// Connects while calls are waiting; `Ok(None)` when none is left to wait.
+    async fn connect(&mut self) -> Result<Option<Connection>, Stop> {
+        let mut attempt = self.start_attempt();
+        loop {
+            self.queue.retain(|call| !call.reply.is_closed());
+            let Some(oldest) = self.queue.iter().map(|call| call.queued_at).min() else {
+                // Nobody waits any more; the backoff state stays for the next call.
+                return Ok(None);
+            };
+            let give_up_at = oldest + self.config.connect_timeout;
+            tokio::select! {
+                (index, result) = &mut attempt => match result {
+                    Ok(connection) => return Ok(Some(connection)),
+                    Err(error) => {
+                        self.attempt_failed(index, error);
+                        attempt = self.start_attempt();
+                    }
+                },
+                call = self.calls.recv(), if self.queue.len() < CALL_BUFFER => match call {
+                    Some(call) => self.queue.push_back(call),
+                    None => return Err(Stop),
+                },
+                () = sleep_until(give_up_at) => self.give_up_waiting(),
+            }
+        }
+    }
+
+    /// The next connection attempt, after the backoff wait if one is due.
+    fn start_attempt(&mut self) -> Attempt {
+        let index = self.next_address % self.config.addresses.len();
+        let address = self.config.addresses[index].clone();
+        let start_at = self.next_attempt_at;
+        let hello_id = self.take_request_id();
+        let client_name = self.config.client_name.clone();
+        let attempt_timeout = self.config.attempt_timeout();
+        Box::pin(async move {
+            sleep_until(start_at).await;
+            let result = attempt(address, index, hello_id, client_name, attempt_timeout).await;
+            (index, result)
+        })
+    }
+
+    fn attempt_failed(&mut self, index: usize, error: Error) {
+        let address = &self.config.addresses[index];
+        if self.failures == 0 {
+            warn!(%address, %error, "cannot connect to discovery server; retrying with backoff");
+        } else {
+            debug!(%address, %error, failures = self.failures, "cannot connect to discovery server");
+        }
+        self.last_error = Some(Arc::new(error));
+        self.failures += 1;
+        self.next_address = index + 1;
+        self.schedule_next_attempt();
+    }
+
+    /// Tries the next address at once, unless a whole round of addresses has failed: then
+    /// it waits the next backoff delay.
+    fn schedule_next_attempt(&mut self) {
+        let now = Instant::now();
+        if self.failures % self.config.addresses.len() == 0 {
+            let delay = self.backoff.next_delay();
+            debug!(?delay, "every address failed; backing off");
+            self.next_attempt_at = now + delay;
+        } else {
+            self.next_attempt_at = now;
+        }
+    }
+
+    /// Fails the calls that have waited the whole connect timeout.
+    fn give_up_waiting(&mut self) {
+        let now = Instant::now();
+        let waited = self.config.connect_timeout;
+        let (expired, waiting): (VecDeque<Call>, VecDeque<Call>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|call| call.queued_at + waited <= now);
+        self.queue = waiting;
+        for call in expired {
+            let error = Error::Unreachable {
+                waited,
+                last: self.last_error.clone(),
+            };
+            // The caller may have gone; then nobody needs the answer.
+            let _ = call.reply.send(Err(error));
+        }
+    }
+
+    /// Carries calls over one connection until it ends.
+    async fn serve(&mut self, connection: Connection) -> Next {
+        let Connection {
+            mut reader,
+            writer,
+            info,
+            index,
+        } = connection;
+        info!(address = %info.address, peer = %info.peer, ttl = ?info.ttl, "connected to discovery server");
+        let address = info.address.clone();
+        let max_frame_bytes = info.limits.max_frame_bytes as usize;
+        self.shared.set_server(info);
+
+        let (frames, to_write) = mpsc::unbounded_channel();
+        let write_all = write_frames(writer, to_write);
+        tokio::pin!(write_all);
+
+        let mut answered = false;
+        // Set when the server said it is closing the connection: nothing more is written,
+        // and what is on the wire is read until the end.
+        let mut closing: Option<String> = None;
+
+        let reason = loop {
+            if closing.is_none() {
+                self.write_queued(&frames, max_frame_bytes);
+            }
+            let deadline = self.in_flight.front().map(|request| request.deadline);
+            tokio::select! {
+                frame = reader.next() => match frame {
+                    None => {
+                        break closing.take().unwrap_or_else(|| "the server closed the connection".to_owned())
+                    }
+                    Some(Err(error)) => break format!("cannot read from the server: {error}"),
+                    Some(Ok(Err(error))) => {
+                        if let Some(reason) = self.on_undecodable(error) {
+                            break reason;
+                        }
+                    }
+                    Some(Ok(Ok(frame))) => {
+                        if self.on_frame(frame, &mut closing) {
+                            answered = true;
+                        }
+                        if self.in_flight.is_empty() {
+                            if let Some(reason) = closing.take() {
+                                // Nothing more to wait for on a connection the server is closing.
+                                break reason;
+                            }
+                        }
+                    }
+                },
+                written = &mut write_all => {
+                    break match written {
+                        Ok(()) => "the writer stopped".to_owned(),
+                        Err(error) => format!("cannot write to the server: {error}"),
+                    };
+                }
+                call = self.calls.recv(), if self.queue.len() < CALL_BUFFER => match call {
+                    Some(call) => self.queue.push_back(call),
+                    None => return Next::Stop,
+                },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let after = self.config.request_timeout;
+                    if let Some(request) = self.in_flight.pop_front() {
+                        let _ = request.reply.send(Err(Error::Timeout { after }));
+                    }
+                    break format!("the server did not answer within {after:?}");
+                }
+            }
+        };
+
+        if self.in_flight.is_empty() {
+            debug!(%address, %reason, "connection to discovery server ended");
+        } else {
+            warn!(%address, %reason, in_flight = self.in_flight.len(), "connection to discovery server lost");
+        }
+        for request in self.in_flight.drain(..) {
+            let error = Error::Disconnected {
+                address: address.clone(),
+                reason: reason.clone(),
+            };
+            let _ = request.reply.send(Err(error));
+        }
+        self.last_error = Some(Arc::new(Error::Disconnected { address, reason }));
+        if !answered {
+            // Welcomed and lost without one answer: a server that keeps doing this must
+            // not be reconnected to in a tight loop.
+            self.failures += 1;
+        }
+        self.next_address = index + 1;
+        self.schedule_next_attempt_after_loss(answered);
+        Next::Go
+    }
+
+    fn schedule_next_attempt_after_loss(&mut self, answered: bool) {
+        if answered {
+            // The connection worked: try again at once, on the next address.
+            self.next_attempt_at = Instant::now();
+        } else {
+            self.schedule_next_attempt();
+        }
+    }
+
+    /// Writes queued calls while the in-flight window has room.
+    fn write_queued(
+        &mut self,
+        frames: &mpsc::UnboundedSender<ClientFrame>,
+        max_frame_bytes: usize,
+    ) {
+        while self.in_flight.len() < MAX_IN_FLIGHT {
+            let Some(call) = self.queue.pop_front() else {
+                return;
+            };
+            if call.reply.is_closed() {
+                continue;
+            }
+            let id = self.take_request_id();
+            let frame = ClientFrame::new(id, call.request);
+            let len = encoding::encoded_len(&frame);
+            if len > max_frame_bytes {
+                let _ = call.reply.send(Err(Error::RequestTooLarge {
+                    len,
+                    max: max_frame_bytes,
+                }));
+                continue;
+            }
+            // Fails only when the writer has stopped, which the select loop sees next.
+            let _ = frames.send(frame);
+            self.in_flight.push_back(InFlight {
+                id,
+                reply: call.reply,
+                deadline: Instant::now() + self.config.request_timeout,
+                instances: Vec::new(),
+            });
+        }
+    }
+
+    /// Handles one frame from the server; true when it completed a request.
+    fn on_frame(&mut self, frame: ServerFrame, closing: &mut Option<String>) -> bool {
+        if frame.request_id == SERVER_REQUEST_ID {
+            match frame.response {
+                Response::Error { kind, message } => {
+                    if kind == ErrorKind::ShuttingDown {
+                        info!(%message, "discovery server shutting down");
+                    } else {
+                        warn!(?kind, %message, "discovery server error outside any request");
+                    }
+                    if kind.closes_connection() {
+                        *closing = Some(format!("the server is closing it ({kind:?}: {message})"));
+                    }
+                }
+                other => debug!(response = ?other, "ignoring frame outside any request"),
+            }
+            return false;
+        }
+        // Answers come in the order of the requests, so this is the front in practice.
+        let Some(position) = self
+            .in_flight
+            .iter()
+            .position(|request| request.id == frame.request_id)
+        else {
+            debug!(
+                request_id = frame.request_id,
+                "ignoring answer to no pending request"
+            );
+            return false;
+        };
+        match frame.response {
+            Response::Instances {
+                instances,
+                more: true,
+            } => {
+                let request = &mut self.in_flight[position];
+                request.instances.extend(instances);
+                request.deadline = Instant::now() + self.config.request_timeout;
+                false
+            }
+            Response::Instances {
+                instances,
+                more: false,
+            } => {
+                let Some(mut request) = self.in_flight.remove(position) else {
+                    return false;
+                };
+                request.instances.extend(instances);
+                let joined = Response::Instances {
+                    instances: request.instances,
+                    more: false,
+                };
+                let _ = request.reply.send(Ok(joined));
+                self.answered();
+                true
+            }
+            Response::Error { kind, message } => {
+                if kind.closes_connection() {
+                    *closing = Some(format!("the server is closing it ({kind:?}: {message})"));
+                }
+                if let Some(request) = self.in_flight.remove(position) {
+                    let _ = request.reply.send(Err(Error::Rejected { kind, message }));
+                }
+                if closing.is_none() {
+                    self.answered();
+                }
+                true
+            }
+            response => {
+                if let Some(request) = self.in_flight.remove(position) {
+                    let _ = request.reply.send(Ok(response));
+                }
+                self.answered();
+                true
+            }
+        }
+    }
+
+    /// A request got an answer: the connection works, so the backoff starts again.
+    fn answered(&mut self) {
+        self.failures = 0;
+        self.backoff.reset();
+    }
+
+    /// A frame that did not decode (a newer server's unknown answer, say). Its request
+    /// fails and the connection goes on when its id could be read; otherwise nothing can be
+    /// matched any more and the connection ends with the returned reason.
+    fn on_undecodable(&mut self, error: discovery_proto::Error) -> Option<String> {
+        let position = error
+            .request_id()
+            .and_then(|id| self.in_flight.iter().position(|request| request.id == id));
+        match position.and_then(|position| self.in_flight.remove(position)) {
+            Some(request) => {
+                let _ = request.reply.send(Err(error.into()));
+                None
+            }
+            None => Some(format!("undecodable frame from the server: {error}")),
+        }
+    }
+}
+
+/// The connection task's way of saying every handle is gone.
+struct Stop;
+
+/// Writes frames as they come, flushing when no more are immediately waiting, so that a
+/// burst of pipelined requests goes out in few writes.
+async fn write_frames(
+    mut writer: FramedWrite<OwnedWriteHalf, ClientCodec>,
+    mut frames: mpsc::UnboundedReceiver<ClientFrame>,
+) -> Result<(), discovery_proto::Error> {
+    while let Some(frame) = frames.recv().await {
+        writer.feed(frame).await?;
+        while let Ok(frame) = frames.try_recv() {
+            writer.feed(frame).await?;
+        }
+        SinkExt::<ClientFrame>::flush(&mut writer).await?;
+    }
+    Ok(())
+}
+
+/// One connection attempt: resolve, connect, `Hello`, `Welcome`, all within `limit`.
+async fn attempt(
+    address: ServerAddress,
+    index: usize,
+    hello_id: RequestId,
+    client_name: String,
+    limit: Duration,
+) -> Result<Connection, Error> {
+    let connect_error = |source: io::Error| Error::Connect {
+        address: address.clone(),
+        source: Arc::new(source),
+    };
+    let handshake = async {
+        let stream = connect_any(&address).await.map_err(connect_error)?;
+        // Requests are small and latency matters more than packet count.
+        stream.set_nodelay(true).map_err(connect_error)?;
+        let peer = stream.peer_addr().map_err(connect_error)?;
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = FramedRead::new(read_half, ClientCodec::default());
+        let mut writer = FramedWrite::new(write_half, ClientCodec::default());
+        let hello = Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name,
+        };
+        writer
+            .send(ClientFrame::new(hello_id, hello))
+            .await
+            .map_err(|e| handshake_error(&address, e))?;
+        let frame = match reader.next().await {
+            None => {
+                return Err(connect_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection before its Welcome",
+                )));
+            }
+            Some(Err(e) | Ok(Err(e))) => return Err(handshake_error(&address, e)),
+            Some(Ok(Ok(frame))) => frame,
+        };
+        match frame.response {
+            Response::Welcome {
+                protocol_version,
+                ttl,
+                limits,
+            } if frame.request_id == hello_id => {
+                let info = ServerInfo {
+                    address: address.clone(),
+                    peer,
+                    protocol_version,
+                    ttl,
+                    limits,
+                };
+                Ok(Connection {
+                    reader,
+                    writer,
+                    info,
+                    index,
+                })
+            }
+            Response::Error { kind, message } => Err(Error::Rejected { kind, message }),
+            other => Err(Error::UnexpectedResponse {
+                request: "Hello",
+                response: format!("{other:?}"),
+            }),
+        }
+    };
+    match timeout(limit, handshake).await {
+        Ok(result) => result,
+        Err(_) => Err(connect_error(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no Welcome within {limit:?}"),
+        ))),
+    }
+}
+
+/// A failure while saying `Hello`: a broken socket is a failed connection attempt, anything
+/// else a protocol error.
+fn handshake_error(address: &ServerAddress, error: discovery_proto::Error) -> Error {
+    match error {
+        discovery_proto::Error::Io(source) => Error::Connect {
+            address: address.clone(),
+            source: Arc::new(source),
+        },
+        other => other.into(),
+    }
+}
+
+/// Connects to the first address the name resolves to that accepts.
+async fn connect_any(address: &ServerAddress) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in address.resolve().await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            // A name's addresses are named in the error; a socket address already is.
+            Err(error) if address.socket_addr().is_some() => last = Some(error),
+            Err(error) => last = Some(connect_context(addr, error)),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address to try")))
+}
+
+fn connect_context(addr: SocketAddr, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{addr}: {error}"))
+}

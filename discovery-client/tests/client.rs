@@ -1,0 +1,489 @@
+//! The client against real servers on 127.0.0.1, in real time, with a TTL of one second:
+//! registering and finding, keeping alive, outages, failover, shutdown and drop.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{TTL, TestServer, builder, client, dead_address, eventually, listed};
+use discovery_client::{Error, ErrorKind, RegistrationState, ServiceSpec, Uuid};
+use discovery_proto::codec::ServerCodec;
+use discovery_proto::{MAX_FRAME_BYTES, PROTOCOL_VERSION, Response, ServerFrame};
+use discovery_server::config::ServerConfig;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::codec::Framed;
+
+fn spec(service_type: &str, port: u16) -> ServiceSpec {
+    ServiceSpec::new(service_type, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A heartbeat interval of the test servers.
+const INTERVAL: Duration = Duration::from_millis(1000 / 3);
+
+#[tokio::test]
+async fn register_then_query() {
+    let server = TestServer::start(TTL).await;
+    let client = client(server.address());
+
+    let registration = client
+        .register(spec("billing", 8080).with_metadata("version", "1.4.2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        registration.state(),
+        RegistrationState::Registered {
+            id: registration.id()
+        }
+    );
+
+    let found = client.query("billing").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, registration.id());
+    assert_eq!(found[0].ip, std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(found[0].port, 8080);
+    assert_eq!(found[0].metadata["version"], "1.4.2");
+    assert!(
+        client
+            .query("nothing-of-this-type")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let info = client.server_info().expect("connected");
+    assert_eq!(info.ttl, TTL);
+    assert_eq!(info.address.socket_addr(), Some(server.address()));
+
+    registration.shutdown().await.unwrap();
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_registration_stays_listed_over_many_ttls() {
+    let server = TestServer::start(TTL).await;
+    let client = client(server.address());
+    let registration = client.register(spec("kept", 9000)).await.unwrap();
+    let id = registration.id();
+
+    // Five TTLs, looking often: the instance is never missing and never re-registered.
+    let until = Instant::now() + 5 * TTL;
+    while Instant::now() < until {
+        assert_eq!(listed(&client, "kept").await, vec![id]);
+        assert_eq!(registration.state(), RegistrationState::Registered { id });
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(registration.id(), id);
+
+    registration.shutdown().await.unwrap();
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_registration_comes_back_after_its_server_restarts() {
+    let server = TestServer::start(TTL).await;
+    let address = server.address();
+    let client = client(address);
+    let registration = client.register(spec("phoenix", 9001)).await.unwrap();
+    let first_id = registration.id();
+    let mut states = registration.watch();
+
+    server.stop().await;
+    let stopped_at = Instant::now();
+    timeout(
+        Duration::from_secs(10),
+        states.wait_for(|s| !s.is_registered()),
+    )
+    .await
+    .expect("the registration did not notice the outage")
+    .unwrap();
+    // Noticed by the first heartbeat left unanswered for an interval, not after the whole
+    // connect timeout.
+    let noticed = stopped_at.elapsed();
+    eprintln!("outage noticed after {noticed:?}");
+    assert!(
+        noticed < 2 * INTERVAL + Duration::from_millis(500),
+        "noticed after {noticed:?}"
+    );
+    // Stay down long enough for the client to back off a few times.
+    sleep(Duration::from_secs(1)).await;
+
+    let restarted = TestServer::start_on(address, TTL).await;
+    let back_at = Instant::now();
+    let checker = common::client(address);
+    let new_id = eventually("listed again", Duration::from_secs(15), || async {
+        let id = registration.id();
+        (id != first_id && listed(&checker, "phoenix").await == vec![id]).then_some(id)
+    })
+    .await;
+    let took = back_at.elapsed();
+    eprintln!("listed again {took:?} after the restart");
+    // The documented bound: the client's backoff cap (2 s, the default) plus one heartbeat
+    // interval plus a TTL; and some room for a loaded machine.
+    let bound = TTL + discovery_client::config::DEFAULT_BACKOFF_MAX + INTERVAL;
+    assert!(
+        took <= bound + Duration::from_millis(500),
+        "listed again after {took:?}"
+    );
+    assert_eq!(
+        *states.borrow_and_update(),
+        RegistrationState::Registered { id: new_id }
+    );
+
+    registration.shutdown().await.unwrap();
+    drop((client, checker));
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn register_waits_for_a_server_that_comes_up_within_the_connect_timeout() {
+    let address = dead_address();
+    let client = builder(address)
+        .connect_timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let register = tokio::spawn({
+        let client = client.clone();
+        async move { client.register(spec("late", 9002)).await }
+    });
+
+    // The server is down for a second, then comes up.
+    sleep(Duration::from_secs(1)).await;
+    let server = TestServer::start_on(address, TTL).await;
+    let registration = register
+        .await
+        .unwrap()
+        .expect("register once the server is up");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(listed(&client, "late").await, vec![registration.id()]);
+
+    registration.shutdown().await.unwrap();
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn register_fails_clearly_when_no_server_comes_up() {
+    let address = dead_address();
+    let connect_timeout = Duration::from_millis(600);
+    let client = builder(address)
+        .connect_timeout(connect_timeout)
+        .build()
+        .unwrap();
+
+    let started = Instant::now();
+    let error = client.register(spec("nowhere", 9003)).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(error.is_connection(), "{error:?}");
+    assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+    assert!(waited >= connect_timeout, "gave up after {waited:?}");
+    assert!(waited < Duration::from_secs(3), "gave up after {waited:?}");
+    let message = error.to_string();
+    assert!(message.contains(&address.to_string()), "{message}");
+    assert!(message.contains("600ms"), "{message}");
+}
+
+#[tokio::test]
+async fn the_second_address_is_used_when_the_first_is_dead() {
+    let server = TestServer::start(TTL).await;
+    let client = discovery_client::Client::builder()
+        .addresses([dead_address(), server.address()])
+        .build()
+        .unwrap();
+
+    let registration = client.register(spec("failover", 9004)).await.unwrap();
+    assert_eq!(listed(&client, "failover").await, vec![registration.id()]);
+    let info = client.server_info().unwrap();
+    assert_eq!(info.address.socket_addr(), Some(server.address()));
+
+    registration.shutdown().await.unwrap();
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_registration_moves_to_the_next_server_when_its_server_stops() {
+    let first = TestServer::start(TTL).await;
+    let second = TestServer::start(TTL).await;
+    let client = discovery_client::Client::builder()
+        .addresses([first.address(), second.address()])
+        .build()
+        .unwrap();
+    let registration = client.register(spec("mover", 9005)).await.unwrap();
+    let first_id = registration.id();
+
+    first.stop().await;
+    let checker = common::client(second.address());
+    eventually(
+        "registered on the second server",
+        Duration::from_secs(10),
+        || async {
+            let id = registration.id();
+            (id != first_id && listed(&checker, "mover").await == vec![id]).then_some(())
+        },
+    )
+    .await;
+    let info = client.server_info().unwrap();
+    assert_eq!(info.address.socket_addr(), Some(second.address()));
+
+    registration.shutdown().await.unwrap();
+    drop((client, checker));
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_removes_the_instance_at_once() {
+    let server = TestServer::start(TTL).await;
+    let client = client(server.address());
+    let registration = client.register(spec("brief", 9006)).await.unwrap();
+    let id = registration.id();
+    assert_eq!(listed(&client, "brief").await, vec![id]);
+
+    registration.shutdown().await.unwrap();
+    assert!(listed(&client, "brief").await.is_empty());
+    assert!(client.heartbeat(id).await.unwrap_err().is_not_found());
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dropping_a_registration_stops_its_heartbeats() {
+    let server = TestServer::start(TTL).await;
+    let client = client(server.address());
+    let registration = client.register(spec("dropped", 9007)).await.unwrap();
+    let id = registration.id();
+    drop(registration);
+
+    // Gone: deregistered in the background, or at worst expired after one TTL.
+    eventually("gone after drop", 3 * TTL, || async {
+        listed(&client, "dropped").await.is_empty().then_some(())
+    })
+    .await;
+    // And it stays gone: a loop still running would get NotFound and register again.
+    let until = Instant::now() + 2 * TTL;
+    while Instant::now() < until {
+        assert!(listed(&client, "dropped").await.is_empty());
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(client.heartbeat(id).await.unwrap_err().is_not_found());
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_instance_is_registered_again_under_a_new_id() {
+    let server = TestServer::start(TTL).await;
+    let client = client(server.address());
+    let registration = client.register(spec("forgotten", 9008)).await.unwrap();
+    let first_id = registration.id();
+    let mut states = registration.watch();
+
+    // Someone else removes it: the next heartbeat answers NotFound.
+    client.deregister(first_id).await.unwrap();
+    let state = timeout(
+        Duration::from_secs(5),
+        states.wait_for(|s| s.is_registered() && s.id() != Some(first_id)),
+    )
+    .await
+    .expect("not registered again")
+    .unwrap()
+    .to_owned();
+    let new_id = state.id().unwrap();
+    assert_eq!(registration.id(), new_id);
+    assert_eq!(listed(&client, "forgotten").await, vec![new_id]);
+
+    registration.shutdown().await.unwrap();
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn query_joins_an_answer_split_over_frames() {
+    // A TTL long enough for 300 single registrations to outlive the test.
+    let server = TestServer::start(Duration::from_secs(30)).await;
+    let client = client(server.address());
+    let value = "x".repeat(400);
+
+    // 300 calls at once, pipelined on the client's one connection.
+    let registers = (0..300u16).map(|i| {
+        let client = client.clone();
+        let spec = spec("bulky", 10_000 + i).with_metadata("blob", value.as_str());
+        async move { client.register_once(&spec).await }
+    });
+    let ids: HashSet<Uuid> = futures_util::future::join_all(registers)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap())
+        .collect();
+    assert_eq!(ids.len(), 300);
+
+    let instances = client.query("bulky").await.unwrap();
+    let bytes: usize = instances
+        .iter()
+        .map(discovery_proto::encoding::encoded_len)
+        .sum();
+    assert!(bytes > 2 * MAX_FRAME_BYTES, "only {bytes} bytes: not split");
+    let found: HashSet<Uuid> = instances.iter().map(|instance| instance.id).collect();
+    assert_eq!(found, ids);
+    assert!(instances.iter().all(|i| i.metadata["blob"] == value));
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_ids_and_refused_specs_are_told_apart() {
+    let server = TestServer::start(TTL).await;
+    let client = client(server.address());
+
+    let unknown = Uuid::new_v4();
+    assert!(client.heartbeat(unknown).await.unwrap_err().is_not_found());
+    assert!(client.deregister(unknown).await.unwrap_err().is_not_found());
+
+    let error = client.register_once(&spec("bad", 0)).await.unwrap_err();
+    assert!(error.is_rejected(), "{error:?}");
+    assert_eq!(error.kind(), Some(ErrorKind::InvalidPort));
+    let unspecified = ServiceSpec::new("bad", "0.0.0.0:80".parse().unwrap());
+    let error = client.register_once(&unspecified).await.unwrap_err();
+    assert_eq!(error.kind(), Some(ErrorKind::InvalidAddress));
+    // A refused `register` makes no Registration.
+    assert!(
+        client
+            .register(spec("bad", 0))
+            .await
+            .unwrap_err()
+            .is_rejected()
+    );
+
+    // The connection goes on after refusals.
+    client.ping().await.unwrap();
+    let id = client.register_once(&spec("good", 9009)).await.unwrap();
+    client.heartbeat(id).await.unwrap();
+    client.deregister(id).await.unwrap();
+
+    drop(client);
+    server.stop().await;
+}
+
+/// A server that says `Welcome` and then never answers; counts its connections.
+async fn silent_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut framed = Framed::new(stream, ServerCodec::default());
+            if let Some(Ok(Ok(hello))) = framed.next().await {
+                let welcome = Response::Welcome {
+                    protocol_version: PROTOCOL_VERSION,
+                    ttl: TTL,
+                    limits: ServerConfig::default().limits(),
+                };
+                let _ = framed
+                    .send(ServerFrame::new(hello.request_id, welcome))
+                    .await;
+            }
+            held.push(framed);
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_times_out_and_loses_the_connection() {
+    let (address, accepted) = silent_server().await;
+    let request_timeout = Duration::from_millis(300);
+    let client = builder(address)
+        .request_timeout(request_timeout)
+        .build()
+        .unwrap();
+
+    let started = Instant::now();
+    let error = client.ping().await.unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    assert!(started.elapsed() >= request_timeout);
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The hung connection was dropped: the next call opens another.
+    assert!(client.ping().await.unwrap_err().is_timeout());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn nothing_busy_loops_against_a_server_that_hangs_up() {
+    // Accepts and closes at once, before any Welcome.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let client = builder(address)
+        .connect_timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+
+    let error = client.ping().await.unwrap_err();
+    assert!(error.is_connection(), "{error:?}");
+    assert!(error.to_string().contains("before its Welcome"), "{error}");
+    // Backing off from 100 ms and doubling, 1.5 s holds at most about five attempts.
+    let attempts = accepted.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&attempts), "{attempts} attempts in 1.5 s");
+
+    // With no call waiting, the client does not try at all.
+    sleep(Duration::from_millis(700)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), attempts);
+}
+
+#[test]
+fn calls_after_the_worker_stopped_say_why() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = first.block_on(async { client(dead_address()) });
+    // The worker ran on the first runtime, which goes away with it.
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = second.block_on(client.ping()).unwrap_err();
+    assert!(matches!(error, Error::Closed { .. }), "{error:?}");
+    assert!(error.to_string().contains("runtime"), "{error}");
+}
+
+#[tokio::test]
+async fn build_refuses_an_unusable_configuration() {
+    let error = discovery_client::Client::builder().build().unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error:?}");
+    let error = builder(dead_address())
+        .connect_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("connect timeout"), "{error}");
+}
+
+#[test]
+fn build_outside_a_runtime_is_an_error_not_a_panic() {
+    let error = builder(dead_address()).build().unwrap_err();
+    assert!(error.to_string().contains("tokio runtime"), "{error}");
+}
