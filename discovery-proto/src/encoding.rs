@@ -28,10 +28,15 @@ type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
 /// The bincode configuration of the protocol, built once.
 const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
 
-/// The most bytes a `ServerFrame::Instances` adds around its instances: the request id
-/// (a varint of at most 9 bytes), the variant index (1), the vector length (at most 9) and
-/// `more` (1), rounded up.
-const INSTANCES_FRAME_OVERHEAD: usize = 24;
+/// The most bytes a frame that carries instances adds around them: a `Snapshot` has the
+/// largest envelope, with the request id (a varint of at most 9 bytes), the variant index
+/// (1), the revision (two varints, at most 18), `reset` (1), the vector length (at most 9)
+/// and `more` (1), rounded up. A server refuses to register an instance that would not fit
+/// in a frame with this much around it.
+const INSTANCES_FRAME_OVERHEAD: usize = 40;
+
+/// How much longer a vector's length varint can be than the one byte of an empty vector's.
+const MAX_LENGTH_GROWTH: usize = 8;
 
 /// A message that travels as one frame: [`ClientFrame`](crate::ClientFrame) or
 /// [`ServerFrame`]. Both start with their request id.
@@ -108,26 +113,43 @@ pub fn instance_frames(
     instances: Vec<Instance>,
     max_frame_bytes: usize,
 ) -> Result<Vec<ServerFrame>, Error> {
+    split_instances(request_id, instances, max_frame_bytes, |instances, more| {
+        Response::Instances { instances, more }
+    })
+}
+
+/// Splits instances into as many frames as `max_frame_bytes` requires, each built by
+/// `envelope(part, more)`: `Instances` for a query, `Snapshot` for a watch.
+pub fn split_instances(
+    request_id: RequestId,
+    instances: Vec<Instance>,
+    max_frame_bytes: usize,
+    envelope: impl Fn(Vec<Instance>, bool) -> Response,
+) -> Result<Vec<ServerFrame>, Error> {
     let budget = max_frame_bytes.min(MAX_FRAME_BYTES);
+    // The envelope's own size, with room for the vector's length to grow.
+    let overhead = encoded_len(&ServerFrame::new(request_id, envelope(Vec::new(), true)))
+        .saturating_add(MAX_LENGTH_GROWTH);
     let mut frames = Vec::new();
     let mut part = Vec::new();
-    let mut used = INSTANCES_FRAME_OVERHEAD;
+    let mut used = overhead;
     for instance in instances {
         let len = encoded_len(&instance);
-        if INSTANCES_FRAME_OVERHEAD + len > budget {
+        if overhead + len > budget {
             return Err(Error::FrameTooLarge {
-                len: INSTANCES_FRAME_OVERHEAD + len,
+                len: overhead + len,
                 max: budget,
             });
         }
         if used + len > budget {
-            frames.push(instances_frame(request_id, std::mem::take(&mut part), true));
-            used = INSTANCES_FRAME_OVERHEAD;
+            let full = std::mem::take(&mut part);
+            frames.push(ServerFrame::new(request_id, envelope(full, true)));
+            used = overhead;
         }
         used += len;
         part.push(instance);
     }
-    frames.push(instances_frame(request_id, part, false));
+    frames.push(ServerFrame::new(request_id, envelope(part, false)));
     Ok(frames)
 }
 
@@ -142,8 +164,4 @@ pub fn instance_frame_len(instance: &Instance) -> usize {
 /// the instance.
 pub fn instance_frame_len_of<T: Serialize>(instance_fields: &T) -> usize {
     INSTANCES_FRAME_OVERHEAD.saturating_add(encoded_len(instance_fields))
-}
-
-fn instances_frame(request_id: RequestId, instances: Vec<Instance>, more: bool) -> ServerFrame {
-    ServerFrame::new(request_id, Response::Instances { instances, more })
 }

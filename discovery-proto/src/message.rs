@@ -100,6 +100,25 @@ pub enum Request {
     },
     /// Check that the connection is alive. Answered by [`Response::Pong`].
     Ping,
+    /// Subscribe to the changes of a type on this connection. Answered by
+    /// [`Response::Snapshot`] frames (the instances now, with the type's revision), or, when
+    /// `since` can be resumed, by [`Response::Resumed`] and the changes missed since then;
+    /// after either, by [`Response::Added`] and [`Response::Removed`] pushes as changes
+    /// happen. Every frame of the subscription carries this request's id, until `Unwatch`.
+    Watch {
+        /// The type to watch.
+        service_type: String,
+        /// The last revision the client has seen, from an earlier subscription: the server
+        /// sends only what happened after it, or a snapshot marked `reset` when it cannot.
+        since: Option<Revision>,
+    },
+    /// End the subscription opened by the `Watch` request with this id. Answered by
+    /// [`Response::Ok`], after which no frame of that subscription follows, or
+    /// [`Response::NotFound`].
+    Unwatch {
+        /// The request id of the `Watch`.
+        watch: RequestId,
+    },
 }
 
 /// What a server answers. New variants go at the end.
@@ -140,6 +159,87 @@ pub enum Response {
         /// What went wrong, for people.
         message: String,
     },
+    /// Part of the instances of a watched type, as of `revision`. Like `Instances`, it may
+    /// span several frames, `more` true on all but the last. `reset` is false for the first
+    /// snapshot of a `Watch` without `since`, and true when the client's view must be
+    /// replaced: its `since` could not be resumed, or it fell too far behind the changes.
+    Snapshot {
+        /// The type's revision this snapshot is as of; changes after it follow.
+        revision: Revision,
+        /// True when this snapshot replaces what the client knew rather than starting it.
+        reset: bool,
+        /// The live instances in this part.
+        instances: Vec<Instance>,
+        /// True when more frames of this snapshot follow.
+        more: bool,
+    },
+    /// The answer to a `Watch` whose `since` could be resumed: the changes after `since`
+    /// follow, then live changes, with no snapshot.
+    Resumed {
+        /// The `since` of the request.
+        revision: Revision,
+    },
+    /// An instance of the watched type appeared.
+    Added {
+        /// The type's revision after this change.
+        revision: Revision,
+        /// The new instance.
+        instance: Instance,
+    },
+    /// An instance of the watched type is gone.
+    Removed {
+        /// The type's revision after this change.
+        revision: Revision,
+        /// The instance as it was last.
+        instance: Instance,
+        /// Why it is gone.
+        reason: RemoveReason,
+    },
+}
+
+/// A point in the history of a type's instances, as a watch sees it.
+///
+/// Revisions of one server run are ordered and never reused, even across types; the
+/// `incarnation`, chosen at random when the server starts, tells a revision from an earlier
+/// run, which the server answers with a reset snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Revision {
+    /// The server run that made this revision.
+    pub incarnation: u64,
+    /// The change count within that run.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Revision {
+    /// `incarnation-seq`, the incarnation in 16 hex digits: the text form scripts store.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.incarnation, self.seq)
+    }
+}
+
+impl std::str::FromStr for Revision {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("{text:?} is not a revision (INCARNATION-SEQ, e.g. 00c0ffee00c0ffee-42)");
+        let (incarnation, seq) = text.split_once('-').ok_or_else(bad)?;
+        Ok(Revision {
+            incarnation: u64::from_str_radix(incarnation, 16).map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Why an instance left a watched type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RemoveReason {
+    /// Its owner deregistered it.
+    Deregistered,
+    /// Its TTL passed without a heartbeat.
+    Expired,
+    /// A register of the same (type, ip, port) replaced it; an `Added` of the new id follows.
+    Replaced,
 }
 
 /// The kinds of [`Response::Error`]. New kinds go at the end.
@@ -171,6 +271,10 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The request was understood but the server failed to carry it out.
     Internal,
+    /// The connection has as many open watches as it may.
+    WatchLimit,
+    /// A `Watch` reused the request id of a watch still open on the connection.
+    DuplicateWatch,
 }
 
 impl ErrorKind {

@@ -146,10 +146,10 @@ fn expect_malformed<F: Frame + std::fmt::Debug>(payload: &[u8], request_id: Opti
 
 #[test]
 fn unknown_request_variant() {
-    // Request id 7, then variant 6: Request has variants 0 to 5.
-    expect_malformed::<ClientFrame>(&[7, 6], Some(7));
-    // Request id 300 (251 = u16 follows), variant 6.
-    expect_malformed::<ClientFrame>(&[251, 0x2c, 0x01, 6], Some(300));
+    // Request id 7, then variant 8: Request has variants 0 to 7.
+    expect_malformed::<ClientFrame>(&[7, 8], Some(7));
+    // Request id 300 (251 = u16 follows), variant 8.
+    expect_malformed::<ClientFrame>(&[251, 0x2c, 0x01, 8], Some(300));
     // A variant index as large as a varint goes.
     expect_malformed::<ClientFrame>(
         &[1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
@@ -159,13 +159,14 @@ fn unknown_request_variant() {
 
 #[test]
 fn unknown_response_variant() {
-    expect_malformed::<ServerFrame>(&[9, 7], Some(9));
+    // Response has variants 0 to 10.
+    expect_malformed::<ServerFrame>(&[9, 11], Some(9));
 }
 
 #[test]
 fn unknown_error_kind() {
-    // Response::Error (6) with kind 13: ErrorKind has kinds 0 to 12.
-    expect_malformed::<ServerFrame>(&[1, 6, 13, 0], Some(1));
+    // Response::Error (6) with kind 15: ErrorKind has kinds 0 to 14.
+    expect_malformed::<ServerFrame>(&[1, 6, 15, 0], Some(1));
 }
 
 #[test]

@@ -27,6 +27,13 @@ pub const DEFAULT_MAX_METADATA_KEY_BYTES: usize = 128;
 /// The longest metadata value in bytes, by default.
 pub const DEFAULT_MAX_METADATA_VALUE_BYTES: usize = 512;
 
+/// How many changes of a watched type are kept for resuming watches, by default.
+pub const DEFAULT_WATCH_HISTORY: usize = 1024;
+/// How many changes may wait for one watcher before it is sent a reset instead, by default.
+pub const DEFAULT_WATCH_QUEUE: usize = 1024;
+/// How long a type's change history outlives its last watcher, by default.
+pub const DEFAULT_WATCH_WINDOW: Duration = Duration::from_secs(60);
+
 /// The registry's semantics and limits. No I/O is configured here.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct RegistryConfig {
@@ -52,6 +59,18 @@ pub struct RegistryConfig {
     /// The longest metadata value, in bytes. Default 512.
     #[arg(long, env = "DISCOVERY_MAX_METADATA_VALUE_BYTES", default_value_t = DEFAULT_MAX_METADATA_VALUE_BYTES)]
     pub max_metadata_value_bytes: usize,
+    /// How many changes of a watched type are kept, so that a watcher that reconnects can
+    /// resume without a snapshot. Default 1,024.
+    #[arg(long, env = "DISCOVERY_WATCH_HISTORY", default_value_t = DEFAULT_WATCH_HISTORY)]
+    pub watch_history: usize,
+    /// How many changes may wait for one watcher; one that falls further behind is sent a
+    /// reset snapshot instead. Default 1,024.
+    #[arg(long, env = "DISCOVERY_WATCH_QUEUE", default_value_t = DEFAULT_WATCH_QUEUE)]
+    pub watch_queue: usize,
+    /// How long a type's change history outlives its last watcher (`60s`); after it, a
+    /// resume gets a reset snapshot. Default 60 s.
+    #[arg(long, env = "DISCOVERY_WATCH_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub watch_window: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -64,6 +83,9 @@ impl Default for RegistryConfig {
             max_metadata_pairs: DEFAULT_MAX_METADATA_PAIRS,
             max_metadata_key_bytes: DEFAULT_MAX_METADATA_KEY_BYTES,
             max_metadata_value_bytes: DEFAULT_MAX_METADATA_VALUE_BYTES,
+            watch_history: DEFAULT_WATCH_HISTORY,
+            watch_queue: DEFAULT_WATCH_QUEUE,
+            watch_window: DEFAULT_WATCH_WINDOW,
         }
     }
 }
@@ -93,6 +115,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
 );
 /// The most open connections, by default; one more gets a `TooManyConnections` error frame.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The most watches open on one connection, by default.
+pub const DEFAULT_MAX_WATCHES_PER_CONNECTION: usize = 64;
 /// How long a connection may go without a frame from its client, by default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client has to finish a frame once its first byte came, by default.
@@ -108,6 +132,10 @@ pub struct ServerConfig {
     /// The address to listen on. Default `127.0.0.1:7777`.
     #[arg(long, env = "DISCOVERY_LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Where to serve the course's JSON socket protocol too (the course uses
+    /// `127.0.0.1:65432`), over the same registry; see `docs/COMPAT.md`. Off by default.
+    #[arg(long, env = "DISCOVERY_COMPAT_LISTEN")]
+    pub compat_listen: Option<SocketAddr>,
     /// The registry's TTL and limits.
     #[command(flatten)]
     pub registry: RegistryConfig,
@@ -117,6 +145,9 @@ pub struct ServerConfig {
     /// The most open connections. Default 10,000.
     #[arg(long, env = "DISCOVERY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// The most watches open at once on one connection. Default 64.
+    #[arg(long, env = "DISCOVERY_MAX_WATCHES_PER_CONNECTION", default_value_t = DEFAULT_MAX_WATCHES_PER_CONNECTION)]
+    pub max_watches_per_connection: usize,
     /// How long a connection may go without a frame from its client before it is closed
     /// (`60s`). Default 60 s.
     #[arg(long, env = "DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -134,9 +165,11 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            compat_listen: None,
             registry: RegistryConfig::default(),
             max_frame_bytes: MAX_FRAME_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_watches_per_connection: DEFAULT_MAX_WATCHES_PER_CONNECTION,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -161,6 +194,12 @@ impl ServerConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(Error::Config(format!("{name} must be longer than zero")));
+        }
+        if self.compat_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(Error::Config(format!(
+                "compat-listen must differ from listen, not both {}",
+                self.listen
+            )));
         }
         if self.max_connections == 0 {
             return Err(Error::Config("max-connections must be at least 1".into()));

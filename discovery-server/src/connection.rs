@@ -10,6 +10,7 @@
 //! the write buffer, and the write buffer is flushed once, when no complete frame is left.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -18,15 +19,20 @@ use discovery_proto::encoding;
 use discovery_proto::{
     ClientFrame, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::config::ServerConfig;
 use crate::handler::{self, Answer};
+use crate::registry::Subscription;
+use crate::watch::{Change, ChangeEvent, WatchStart};
 use crate::{Error, Registry};
 
 /// How much is read from the socket at a time, at least.
@@ -36,8 +42,11 @@ const READ_CHUNK: usize = 8 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 
 /// A client connection and its buffers.
-pub struct Connection {
-    stream: TcpStream,
+///
+/// Generic over the byte stream so that tests and fuzz targets can drive it through an
+/// in-memory pipe (`tokio::io::duplex`); the server gives it a `TcpStream`.
+pub struct Connection<S = TcpStream> {
+    stream: S,
     peer: SocketAddr,
     codec: ServerCodec,
     read_buf: BytesMut,
@@ -48,6 +57,9 @@ pub struct Connection {
     last_frame: Instant,
     idle_timeout: Duration,
     frame_timeout: Duration,
+    /// The open watches, by the request id of their `Watch`.
+    watches: StreamMap<RequestId, Subscription>,
+    max_watches: usize,
 }
 
 /// What waiting for more bytes ended with.
@@ -62,11 +74,13 @@ enum Fill {
     Stalled,
     /// The server is shutting down.
     Shutdown,
+    /// A watch of this connection has a change to send, or fell behind its queue.
+    Change(RequestId, Result<Arc<Change>, BroadcastStreamRecvError>),
 }
 
-impl Connection {
-    /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream, peer: SocketAddr, config: &ServerConfig) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Wraps an accepted socket; `peer` names it in the logs.
+    pub fn new(stream: S, peer: SocketAddr, config: &ServerConfig) -> Self {
         Self {
             stream,
             peer,
@@ -77,6 +91,8 @@ impl Connection {
             last_frame: Instant::now(),
             idle_timeout: config.idle_timeout,
             frame_timeout: config.frame_timeout,
+            watches: StreamMap::new(),
+            max_watches: config.max_watches_per_connection,
         }
     }
 
@@ -121,6 +137,10 @@ impl Connection {
                     return self.close().await;
                 }
             }
+            // While changes are ready, send them with this flush rather than one by one.
+            while let Some(Some((id, change))) = self.watches.next().now_or_never() {
+                self.change(&registry, id, change, max_frame_bytes)?;
+            }
             self.flush().await?;
             match self.fill(shutdown).await? {
                 Fill::Data => {}
@@ -132,6 +152,9 @@ impl Connection {
                 Fill::Stalled => {
                     debug!(peer = %self.peer, "closing connection stalled mid-frame");
                     return Ok(());
+                }
+                Fill::Change(id, change) => {
+                    self.change(&registry, id, change, max_frame_bytes)?;
                 }
                 Fill::Shutdown => {
                     let bye =
@@ -174,6 +197,103 @@ impl Connection {
                     }
                 }
                 Ok(true)
+            }
+            Answer::Watch(subscription) => {
+                let refusal = if self.watches.contains_key(&request_id) {
+                    Some(handler::error(
+                        ErrorKind::DuplicateWatch,
+                        format!("watch {request_id} is already open on this connection"),
+                    ))
+                } else if self.watches.len() >= self.max_watches {
+                    Some(handler::error(
+                        ErrorKind::WatchLimit,
+                        format!(
+                            "this connection has its maximum of {} open watches",
+                            self.max_watches
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(refusal) => self.push(&ServerFrame::new(request_id, refusal))?,
+                    None => self.open_watch(request_id, subscription, max_frame_bytes)?,
+                }
+                Ok(true)
+            }
+            Answer::Unwatch(watch) => {
+                let response = match self.watches.remove(&watch) {
+                    Some(_) => Response::Ok,
+                    None => Response::NotFound,
+                };
+                self.push(&ServerFrame::new(request_id, response))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Sends how a watch starts (a snapshot, or the changes it missed) and keeps it open.
+    fn open_watch(
+        &mut self,
+        request_id: RequestId,
+        mut subscription: Subscription,
+        max_frame_bytes: usize,
+    ) -> Result<(), Error> {
+        match subscription.take_start() {
+            Some(WatchStart::Snapshot {
+                revision,
+                instances,
+                reset,
+            }) => {
+                let frames = encoding::split_instances(
+                    request_id,
+                    instances,
+                    max_frame_bytes,
+                    |instances, more| Response::Snapshot {
+                        revision,
+                        reset,
+                        instances,
+                        more,
+                    },
+                )?;
+                for frame in &frames {
+                    self.push(frame)?;
+                }
+            }
+            Some(WatchStart::Resume { since, missed }) => {
+                self.push(&ServerFrame::new(
+                    request_id,
+                    Response::Resumed { revision: since },
+                ))?;
+                for change in missed {
+                    self.push(&change_frame(request_id, &change))?;
+                }
+            }
+            None => {}
+        }
+        self.watches.insert(request_id, subscription);
+        Ok(())
+    }
+
+    /// Sends a change of an open watch; a watch that fell behind its queue is sent a reset
+    /// snapshot instead of the changes it missed.
+    fn change(
+        &mut self,
+        registry: &Registry,
+        id: RequestId,
+        change: Result<Arc<Change>, BroadcastStreamRecvError>,
+        max_frame_bytes: usize,
+    ) -> Result<(), Error> {
+        match change {
+            Ok(change) => self.push(&change_frame(id, &change)),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                debug!(peer = %self.peer, watch = id, missed, "watcher fell behind; sending a reset");
+                let Some(stale) = self.watches.remove(&id) else {
+                    return Ok(());
+                };
+                let fresh = registry.resubscribe(&stale)?;
+                drop(stale);
+                self.open_watch(id, fresh, max_frame_bytes)
             }
         }
     }
@@ -231,9 +351,17 @@ impl Connection {
     /// Waits for more bytes, the end of the stream, a timeout or shutdown, whichever is
     /// first. Cancel-safe: `read_buf` either took bytes or did not.
     async fn fill(&mut self, shutdown: &CancellationToken) -> Result<Fill, Error> {
+        // A connection with an open watch is waiting for pushes, not idle.
         let deadline = match self.frame_started {
-            Some(started) => started + self.frame_timeout,
-            None => self.last_frame + self.idle_timeout,
+            Some(started) => Some(started + self.frame_timeout),
+            None if self.watches.is_empty() => Some(self.last_frame + self.idle_timeout),
+            None => None,
+        };
+        let timeout = async move {
+            match deadline {
+                Some(deadline) => sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
         };
         self.read_buf.reserve(READ_CHUNK);
         tokio::select! {
@@ -250,13 +378,33 @@ impl Connection {
                     Ok(Fill::Data)
                 }
             },
-            _ = sleep_until(deadline) => Ok(if self.frame_started.is_some() {
+            Some((id, change)) = self.watches.next(), if !self.watches.is_empty() => {
+                Ok(Fill::Change(id, change))
+            }
+            _ = timeout => Ok(if self.frame_started.is_some() {
                 Fill::Stalled
             } else {
                 Fill::Idle
             }),
         }
     }
+}
+
+/// The frame that pushes a change to the watch opened by request `id`.
+fn change_frame(id: RequestId, change: &Change) -> ServerFrame {
+    let revision = change.revision;
+    let response = match &change.event {
+        ChangeEvent::Added(instance) => Response::Added {
+            revision,
+            instance: instance.clone(),
+        },
+        ChangeEvent::Removed(instance, reason) => Response::Removed {
+            revision,
+            instance: instance.clone(),
+            reason: *reason,
+        },
+    };
+    ServerFrame::new(id, response)
 }
 
 /// Refuses a connection over the cap with an error frame, then closes it.

@@ -4,11 +4,14 @@
 use std::net::IpAddr;
 
 use discovery_proto::encoding;
-use discovery_proto::{ErrorKind, Instance, Metadata, PROTOCOL_VERSION, Request, Response};
+use discovery_proto::{
+    ErrorKind, Instance, Metadata, PROTOCOL_VERSION, Request, RequestId, Response,
+};
 use uuid::Uuid;
 
 use crate::Registry;
 use crate::config::ServerConfig;
+use crate::registry::Subscription;
 
 /// What a request is answered with.
 #[derive(Debug)]
@@ -20,6 +23,11 @@ pub enum Answer {
     Instances(Vec<Instance>),
     /// A last frame, after which the connection is closed.
     Close(Response),
+    /// A watch to open on the connection, which sends its start and changes.
+    Watch(Subscription),
+    /// The watch opened by this request id to close; the connection answers `Ok` or
+    /// `NotFound`.
+    Unwatch(RequestId),
 }
 
 /// Answers the first frame of a connection, which must be `Hello` in the version we speak.
@@ -85,6 +93,14 @@ pub fn handle(registry: &Registry, max_frame_bytes: usize, request: Request) -> 
             return Answer::Instances(registry.query(&service_type));
         }
         Request::Ping => Response::Pong,
+        Request::Watch {
+            service_type,
+            since,
+        } => match registry.watch(&service_type, since) {
+            Ok(subscription) => return Answer::Watch(subscription),
+            Err(e) => error(e.kind(), e.to_string()),
+        },
+        Request::Unwatch { watch } => return Answer::Unwatch(watch),
     };
     Answer::Response(response)
 }

@@ -4,8 +4,10 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use discovery_server::Registry;
 use discovery_server::config::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,18 +49,47 @@ async fn serve(config: ServerConfig) -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let compat = match config.compat_listen {
+        Some(compat_addr) => {
+            let compat = TcpListener::bind(compat_addr).await.map_err(|e| {
+                format!("cannot listen on {compat_addr} for the compat protocol: {e}")
+            })?;
+            let bound = compat
+                .local_addr()
+                .map_err(|e| format!("cannot read the compat listening address: {e}"))?;
+            Some((compat, bound))
+        }
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let signals = wait_for_signal(shutdown.clone()).await?;
     info!(%addr, ttl = ?config.registry.ttl, "discovery-server started");
-    // Scripts and tests read this line to learn the port when they asked for port 0.
+    // Scripts and tests read these lines to learn the ports when they asked for port 0.
+    // The compat line comes first, so that whoever has read `listening on` has both.
+    let mut lines = String::new();
+    if let Some((_, bound)) = &compat {
+        lines.push_str(&format!("compat listening on {bound}\n"));
+    }
+    lines.push_str(&format!("listening on {addr}\n"));
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {addr}")
+    stdout
+        .write_all(lines.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
 
-    let result = discovery_server::server::run(listener, config, shutdown).await;
+    // One registry and one shutdown for both listeners.
+    let compat = compat.map(|(compat, _)| compat);
+    let registry = Registry::new(config.registry.clone());
+    let result = discovery_server::server::serve_with_compat(
+        listener,
+        compat,
+        Arc::new(config),
+        registry,
+        shutdown,
+    )
+    .await;
     signals.abort();
     info!("discovery-server stopped");
     result.map_err(|e| e.to_string())

@@ -42,15 +42,21 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use discovery_proto::{Instance, Metadata};
+use discovery_proto::{Instance, Metadata, RemoveReason, Revision};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use uuid::Uuid;
 
+use crate::watch::{Change, ChangeEvent, Feeds, WatchStart};
 use crate::{Error, RegistryConfig};
 
 /// The longest TTL the registry uses: any longer one is cut to this, so that `now + ttl`
@@ -91,12 +97,14 @@ impl Drop for Shared {
     }
 }
 
-#[derive(Default)]
 struct State {
     entries: HashMap<Uuid, Entry>,
     types: HashMap<Arc<str>, HashMap<SocketAddr, Uuid>>,
     /// Every entry exactly once, under its `filed` deadline.
     expirations: BTreeSet<(Instant, Uuid)>,
+    /// The change feeds of watched types; changes are published under the same lock as
+    /// they are made, so a watcher sees them in the order they happened.
+    feeds: Feeds,
 }
 
 struct Entry {
@@ -109,6 +117,19 @@ struct Entry {
     /// Where the entry sits in `expirations`; never later than `deadline`.
     filed: Instant,
     last_heartbeat: DateTime<Utc>,
+}
+
+impl Entry {
+    fn instance(&self, id: Uuid) -> Instance {
+        Instance {
+            id,
+            service_type: self.service_type.to_string(),
+            ip: self.addr.ip(),
+            port: self.addr.port(),
+            metadata: Metadata::clone(&self.metadata),
+            last_heartbeat: self.last_heartbeat,
+        }
+    }
 }
 
 /// What the expiry task should do after a pass.
@@ -137,10 +158,20 @@ impl Registry {
     /// tests below use it to reach states the task would clean up before a test could look.
     fn without_expiry_task(config: RegistryConfig) -> (Registry, Arc<Notify>) {
         let wake_expiry = Arc::new(Notify::new());
+        let feeds = Feeds::new(
+            config.watch_history,
+            config.watch_queue,
+            config.watch_window,
+        );
         let shared = Arc::new(Shared {
             ttl: config.ttl.min(MAX_TTL),
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                entries: HashMap::new(),
+                types: HashMap::new(),
+                expirations: BTreeSet::new(),
+                feeds,
+            }),
             wake_expiry: Arc::clone(&wake_expiry),
         });
         (Registry { shared }, wake_expiry)
@@ -194,17 +225,18 @@ impl Registry {
                 }
             }
             let service_type = state.insert(service_type, addr, id, deadline);
-            state.entries.insert(
-                id,
-                Entry {
-                    service_type,
-                    addr,
-                    metadata,
-                    deadline,
-                    filed: deadline,
-                    last_heartbeat,
-                },
-            );
+            let entry = Entry {
+                service_type,
+                addr,
+                metadata,
+                deadline,
+                filed: deadline,
+                last_heartbeat,
+            };
+            state.feeds.publish(&entry.service_type, || {
+                ChangeEvent::Added(entry.instance(id))
+            });
+            state.entries.insert(id, entry);
             state.expirations.first() == Some(&(deadline, id))
         };
         // Every other filed deadline is at most its own register's `now + ttl`, so the new
@@ -232,7 +264,7 @@ impl Registry {
             }
             Some(_) => {
                 // Expired but not freed yet: free it now, the task would at this instant.
-                state.remove(id);
+                state.remove(id, RemoveReason::Expired);
                 false
             }
             None => false,
@@ -244,7 +276,17 @@ impl Registry {
     pub fn deregister(&self, id: Uuid) -> bool {
         let now = Instant::now();
         let mut state = self.shared.lock();
-        state.remove(id).is_some_and(|entry| entry.deadline > now)
+        let Some(entry) = state.entries.get(&id) else {
+            return false;
+        };
+        let live = entry.deadline > now;
+        let reason = if live {
+            RemoveReason::Deregistered
+        } else {
+            RemoveReason::Expired
+        };
+        state.remove(id, reason);
+        live
     }
 
     /// Every live instance of `service_type`, in no particular order.
@@ -284,6 +326,74 @@ impl Registry {
                 },
             )
             .collect()
+    }
+
+    /// Subscribes to the changes of `service_type`.
+    ///
+    /// Without `since`, or with a `since` that cannot be resumed (from another run of the
+    /// server, or older than the type's history), the subscription starts with a snapshot
+    /// of the live instances; with a resumable `since`, with every change after it. Either
+    /// way the changes that follow come through the [`Subscription`] stream, with nothing
+    /// lost or doubled between the start and them: both are taken under one lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidServiceType`] when the type breaks the rules of a register's type.
+    pub fn watch(
+        &self,
+        service_type: &str,
+        since: Option<Revision>,
+    ) -> Result<Subscription, Error> {
+        self.subscribe(service_type, since, since.is_some())
+    }
+
+    /// A new subscription to the same type as `subscription` that starts with a snapshot
+    /// marked as a reset: what a watcher that fell behind its queue is sent instead.
+    pub fn resubscribe(&self, subscription: &Subscription) -> Result<Subscription, Error> {
+        self.subscribe(&subscription.guard.service_type, None, true)
+    }
+
+    fn subscribe(
+        &self,
+        service_type: &str,
+        since: Option<Revision>,
+        reset: bool,
+    ) -> Result<Subscription, Error> {
+        validate_service_type(service_type, &self.shared.config)?;
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        // Free what is due first, so that the snapshot and the changes agree on every
+        // instance: none can be missing from both, or be removed without having been seen.
+        let _ = state.expire_due(now, usize::MAX);
+        let service_type: Arc<str> = match state.types.get_key_value(service_type) {
+            Some((interned, _)) => Arc::clone(interned),
+            None => Arc::from(service_type),
+        };
+        let (start, changes) = state.feeds.subscribe(&service_type, since, now);
+        let start = match start {
+            Ok(resume) => resume,
+            Err(revision) => WatchStart::Snapshot {
+                revision,
+                instances: state.instances(&service_type, now),
+                reset,
+            },
+        };
+        drop(state);
+        // A new feed may have a deadline to forget it before the expiry task's next wake.
+        self.shared.wake_expiry.notify_one();
+        Ok(Subscription {
+            start: Some(start),
+            changes: BroadcastStream::new(changes),
+            guard: WatchGuard {
+                shared: Arc::downgrade(&self.shared),
+                service_type,
+            },
+        })
+    }
+
+    /// The number of types with a watch feed (watched now, or within the window).
+    pub fn watched_types(&self) -> usize {
+        self.shared.lock().feeds.len()
     }
 
     /// The number of entries held in memory. An expired entry the expiry task has not freed
@@ -356,7 +466,7 @@ impl State {
             .and_then(|ids| ids.get(&addr))
             .copied();
         if let Some(older) = older {
-            self.remove(older);
+            self.remove(older, RemoveReason::Replaced);
         }
         let service_type = match self.types.get_key_value(service_type) {
             Some((interned, _)) => Arc::clone(interned),
@@ -370,8 +480,8 @@ impl State {
         service_type
     }
 
-    /// Frees an entry from every index.
-    fn remove(&mut self, id: Uuid) -> Option<Entry> {
+    /// Frees an entry from every index, and tells its type's watchers why it went.
+    fn remove(&mut self, id: Uuid, reason: RemoveReason) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
         self.expirations.remove(&(entry.filed, id));
         if let Some(ids) = self.types.get_mut(&entry.service_type) {
@@ -380,12 +490,40 @@ impl State {
                 self.types.remove(&entry.service_type);
             }
         }
+        self.feeds.publish(&entry.service_type, || {
+            ChangeEvent::Removed(entry.instance(id), reason)
+        });
         Some(entry)
     }
 
-    /// Handles up to `budget` filed deadlines that are due at `now`: frees the entries that
-    /// have expired and files the others again under their real deadline.
+    /// The live instances of a type, built under the lock (a watch's snapshot must be taken
+    /// in the same step as its subscription).
+    fn instances(&self, service_type: &str, now: Instant) -> Vec<Instance> {
+        let Some(ids) = self.types.get(service_type) else {
+            return Vec::new();
+        };
+        ids.values()
+            .filter_map(|id| self.entries.get(id).map(|entry| (id, entry)))
+            .filter(|(_, entry)| entry.deadline > now)
+            .map(|(id, entry)| entry.instance(*id))
+            .collect()
+    }
+
+    /// Handles up to `budget` filed deadlines that are due at `now` (freeing the entries
+    /// that have expired and filing the others again under their real deadline), and
+    /// forgets the watch feeds whose window has passed.
     fn expire_due(&mut self, now: Instant, budget: usize) -> Expiry {
+        let next_forget = self.feeds.forget_due(now);
+        match (self.expire_entries(now, budget), next_forget) {
+            (Expiry::More, _) => Expiry::More,
+            (Expiry::Idle, None) => Expiry::Idle,
+            (Expiry::Idle, Some(at)) => Expiry::Until(at),
+            (Expiry::Until(at), None) => Expiry::Until(at),
+            (Expiry::Until(at), Some(other)) => Expiry::Until(at.min(other)),
+        }
+    }
+
+    fn expire_entries(&mut self, now: Instant, budget: usize) -> Expiry {
         for _ in 0..budget {
             let Some(&(filed, id)) = self.expirations.first() else {
                 return Expiry::Idle;
@@ -403,7 +541,7 @@ impl State {
                 self.expirations.insert((entry.deadline, id));
             } else {
                 // Already out of the index; `remove` finds nothing there to take.
-                self.remove(id);
+                self.remove(id, RemoveReason::Expired);
             }
         }
         match self.expirations.first() {
@@ -688,5 +826,58 @@ mod tests {
         assert_eq!(registry.query("a")[0].id, new);
         assert_eq!(registry.len(), 1);
         assert_consistent(&registry);
+    }
+}
+
+/// A subscription to the changes of one type, from [`Registry::watch`].
+///
+/// It is a `Stream` of the changes after its start, oldest first. A subscriber that falls
+/// more than the queue behind gets an error (`Lagged`) instead of the changes it missed:
+/// it must then be sent a reset snapshot, from [`Registry::resubscribe`]. Dropping the
+/// subscription ends it; the type's feed is then kept for the history window, for a
+/// resume.
+#[derive(Debug)]
+pub struct Subscription {
+    start: Option<WatchStart>,
+    changes: BroadcastStream<Arc<Change>>,
+    guard: WatchGuard,
+}
+
+impl Stream for Subscription {
+    type Item = Result<Arc<Change>, BroadcastStreamRecvError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.changes).poll_next(cx)
+    }
+}
+
+impl Subscription {
+    /// How the subscription starts: a snapshot or the missed changes. `None` once taken.
+    pub fn take_start(&mut self) -> Option<WatchStart> {
+        self.start.take()
+    }
+
+    /// The watched type.
+    pub fn service_type(&self) -> &str {
+        &self.guard.service_type
+    }
+}
+
+/// Tells the registry that a watcher left, when its subscription is dropped.
+#[derive(Debug)]
+struct WatchGuard {
+    shared: Weak<Shared>,
+    service_type: Arc<str>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared
+                .lock()
+                .feeds
+                .unsubscribe(&self.service_type, Instant::now());
+            shared.wake_expiry.notify_one();
+        }
     }
 }

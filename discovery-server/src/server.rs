@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::compat;
 use crate::config::ServerConfig;
 use crate::connection::{self, Connection};
 use crate::{Error, Registry};
@@ -66,75 +67,49 @@ pub async fn serve(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    serve_with_compat(listener, None, config, registry, shutdown).await
+}
+
+/// Like [`serve`], and also the course's JSON protocol ([`crate::compat`]) on `compat`
+/// when one is given.
+///
+/// Both listeners serve the one `registry` and share one connection cap
+/// (`config.max_connections` counts the connections of both), one shutdown and one grace.
+/// If either listener dies, both stop accepting and the server shuts down as if
+/// `shutdown` had been cancelled, then returns that listener's error. As with [`run`], the
+/// `listen` and `compat_listen` fields of the configuration are not used: the caller binds.
+pub async fn serve_with_compat(
+    listener: TcpListener,
+    compat: Option<TcpListener>,
+    config: Arc<ServerConfig>,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let tracker = TaskTracker::new();
     // Cancelled when the grace runs out: every connection still open is dropped.
     let force = CancellationToken::new();
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-
-    let result = loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break Ok(()),
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                accepted
-            }
-            Err(e) if is_per_connection(&e) => {
-                debug!(error = %e, "accept failed for one connection");
-                continue;
-            }
-            Err(e) if is_transient(&e) => {
-                warn!(error = %e, pause = ?backoff, "accept failed; pausing");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-            Err(e) => {
-                error!(error = %e, "the listener is unusable");
-                break Err(Error::Io(e));
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-        }
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!(%peer, "refusing connection over the cap");
-            let message = format!(
-                "the server has its maximum of {} connections",
-                config.max_connections
-            );
-            tracker.spawn(async move {
-                connection::refuse(stream, ErrorKind::TooManyConnections, &message).await;
-            });
-            continue;
-        };
-        let config = config.clone();
-        let registry = registry.clone();
-        let shutdown = shutdown.clone();
-        let force = force.clone();
-        tracker.spawn(async move {
-            let connection = Connection::new(stream, peer, &config);
-            tokio::select! {
-                result = connection.run(registry, &config, &shutdown) => {
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "connection ended");
-                    }
-                }
-                _ = force.cancelled() => debug!(%peer, "connection closed at the end of the grace"),
-            }
-            drop(permit);
-        });
+    // Cancelled by `shutdown`, or by an accept loop whose listener died, so that the other
+    // loop and every connection wind down too.
+    let stop = shutdown.child_token();
+    let shared = Shared {
+        config: config.clone(),
+        registry,
+        permits: Arc::new(Semaphore::new(config.max_connections)),
+        tracker: tracker.clone(),
+        force: force.clone(),
+        stop,
     };
+    let compat_loop = async {
+        match compat {
+            Some(compat) => accept_loop(compat, Protocol::Compat, &shared).await,
+            None => Ok(()),
+        }
+    };
+    // Each loop drops its listener when it ends: accepting stops before connections are
+    // waited for.
+    let (typed, compat) =
+        tokio::join!(accept_loop(listener, Protocol::Typed, &shared), compat_loop);
 
-    // Stop accepting at once: the listener is closed before waiting for connections.
-    drop(listener);
     tracker.close();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait())
         .await
@@ -147,7 +122,112 @@ pub async fn serve(
         force.cancel();
         tracker.wait().await;
     }
-    result
+    typed.and(compat)
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// The typed, framed protocol of `discovery-proto`.
+    Typed,
+    /// The course's JSON socket protocol ([`crate::compat`]).
+    Compat,
+}
+
+/// What the accept loops of one server share.
+struct Shared {
+    config: Arc<ServerConfig>,
+    registry: Registry,
+    /// One permit per open connection, of either protocol.
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    force: CancellationToken,
+    stop: CancellationToken,
+}
+
+/// Accepts connections on `listener` until `shared.stop` is cancelled, serving each on
+/// its own task within the connection cap.
+async fn accept_loop(
+    listener: TcpListener,
+    protocol: Protocol,
+    shared: &Shared,
+) -> Result<(), Error> {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            Err(e) if is_per_connection(&e) => {
+                debug!(error = %e, "accept failed for one connection");
+                continue;
+            }
+            Err(e) if is_transient(&e) => {
+                warn!(error = %e, pause = ?backoff, ?protocol, "accept failed; pausing");
+                tokio::select! {
+                    _ = shared.stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => {
+                error!(error = %e, ?protocol, "the listener is unusable");
+                shared.stop.cancel();
+                return Err(Error::Io(e));
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            debug!(%peer, ?protocol, "refusing connection over the cap");
+            let max_connections = shared.config.max_connections;
+            shared.tracker.spawn(async move {
+                match protocol {
+                    Protocol::Typed => {
+                        let message =
+                            format!("the server has its maximum of {max_connections} connections");
+                        connection::refuse(stream, ErrorKind::TooManyConnections, &message).await;
+                    }
+                    Protocol::Compat => compat::refuse(stream).await,
+                }
+            });
+            continue;
+        };
+        let config = shared.config.clone();
+        let registry = shared.registry.clone();
+        let stop = shared.stop.clone();
+        let force = shared.force.clone();
+        shared.tracker.spawn(async move {
+            let served = async {
+                match protocol {
+                    Protocol::Typed => {
+                        let connection = Connection::new(stream, peer, &config);
+                        connection.run(registry, &config, &stop).await
+                    }
+                    Protocol::Compat => {
+                        compat::serve_connection(stream, peer, registry, &config, &stop).await
+                    }
+                }
+            };
+            tokio::select! {
+                result = served => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "connection ended");
+                    }
+                }
+                _ = force.cancelled() => debug!(%peer, "connection closed at the end of the grace"),
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Errors that concern only the connection being accepted.

@@ -22,6 +22,7 @@ fn small_config() -> RegistryConfig {
         max_metadata_pairs: 2,
         max_metadata_key_bytes: 4,
         max_metadata_value_bytes: 6,
+        ..RegistryConfig::default()
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use discovery_proto::{
-    ClientFrame, ErrorKind, Instance, Limits, Metadata, Request, RequestId, Response, ServerFrame,
+    ClientFrame, ErrorKind, Instance, Limits, Metadata, RemoveReason, Request, RequestId, Response,
+    Revision, ServerFrame,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 /// Every error kind, in variant order. `error_kind_index` fails to compile when a kind is
 /// added, which is the cue to add it here too.
-pub const ERROR_KINDS: [ErrorKind; 13] = [
+pub const ERROR_KINDS: [ErrorKind; 15] = [
     ErrorKind::UnsupportedVersion,
     ErrorKind::HelloRequired,
     ErrorKind::UnexpectedHello,
@@ -30,6 +31,8 @@ pub const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::TooManyConnections,
     ErrorKind::ShuttingDown,
     ErrorKind::Internal,
+    ErrorKind::WatchLimit,
+    ErrorKind::DuplicateWatch,
 ];
 
 /// The variant index of an error kind on the wire (an exhaustive match, no wildcard).
@@ -48,6 +51,8 @@ pub fn error_kind_index(kind: ErrorKind) -> u8 {
         ErrorKind::TooManyConnections => 10,
         ErrorKind::ShuttingDown => 11,
         ErrorKind::Internal => 12,
+        ErrorKind::WatchLimit => 13,
+        ErrorKind::DuplicateWatch => 14,
     }
 }
 
@@ -60,6 +65,8 @@ pub fn request_index(request: &Request) -> u8 {
         Request::Deregister { .. } => 3,
         Request::Query { .. } => 4,
         Request::Ping => 5,
+        Request::Watch { .. } => 6,
+        Request::Unwatch { .. } => 7,
     }
 }
 
@@ -73,6 +80,10 @@ pub fn response_index(response: &Response) -> u8 {
         Response::Instances { .. } => 4,
         Response::Pong => 5,
         Response::Error { .. } => 6,
+        Response::Snapshot { .. } => 7,
+        Response::Resumed { .. } => 8,
+        Response::Added { .. } => 9,
+        Response::Removed { .. } => 10,
     }
 }
 
@@ -207,6 +218,13 @@ pub fn request() -> impl Strategy<Value = Request> {
         uuid().prop_map(|id| Request::Deregister { id }),
         text(20).prop_map(|service_type| Request::Query { service_type }),
         Just(Request::Ping),
+        (text(20), proptest::option::of(revision())).prop_map(|(service_type, since)| {
+            Request::Watch {
+                service_type,
+                since,
+            }
+        }),
+        request_id().prop_map(|watch| Request::Unwatch { watch }),
     ]
 }
 
@@ -226,6 +244,28 @@ pub fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(instances, more)| Response::Instances { instances, more }),
         Just(Response::Pong),
         (error_kind(), text(40)).prop_map(|(kind, message)| Response::Error { kind, message }),
+        (
+            revision(),
+            any::<bool>(),
+            vec(instance(), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(revision, reset, instances, more)| Response::Snapshot {
+                revision,
+                reset,
+                instances,
+                more,
+            }),
+        revision().prop_map(|revision| Response::Resumed { revision }),
+        (revision(), instance())
+            .prop_map(|(revision, instance)| Response::Added { revision, instance }),
+        (revision(), instance(), remove_reason()).prop_map(|(revision, instance, reason)| {
+            Response::Removed {
+                revision,
+                instance,
+                reason,
+            }
+        }),
     ]
 }
 
@@ -235,4 +275,16 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
 
 pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
     (request_id(), response()).prop_map(|(id, response)| ServerFrame::new(id, response))
+}
+
+pub fn revision() -> impl Strategy<Value = Revision> {
+    (any::<u64>(), any::<u64>()).prop_map(|(incarnation, seq)| Revision { incarnation, seq })
+}
+
+pub fn remove_reason() -> impl Strategy<Value = RemoveReason> {
+    prop::sample::select(vec![
+        RemoveReason::Deregistered,
+        RemoveReason::Expired,
+        RemoveReason::Replaced,
+    ])
 }

@@ -1,0 +1,228 @@
+//! The change feeds of watched types: revisions, a bounded history for resuming, and the
+//! channel that wakes a type's watchers and no one else.
+//!
+//! A type gets a feed when it is first watched. From then on every change to the type
+//! (an instance added, or removed with its reason) takes the next revision, is kept in the
+//! feed's history, and is sent on the feed's broadcast channel, which only that type's
+//! watchers receive. The feed outlives its last watcher by a window, so that a client that
+//! reconnects within it can resume where it stopped; then it is forgotten, whether the type
+//! still has instances or not, and unwatched types cost nothing.
+//!
+//! Revisions come from one counter for the whole registry, never reused within a run, so a
+//! revision can never be mistaken for one of another type or of an earlier feed of the same
+//! type; the incarnation, chosen at random when the registry starts, tells them from the
+//! revisions of an earlier run.
+//!
+//! The broadcast channel is bounded: a watcher that falls more than its capacity behind
+//! sees `Lagged` and is sent a reset snapshot instead, so no watcher makes the server
+//! buffer without bound.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use discovery_proto::{Instance, RemoveReason, Revision};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// One change to a watched type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The type's revision after the change.
+    pub revision: Revision,
+    /// What changed.
+    pub event: ChangeEvent,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// The instance appeared.
+    Added(Instance),
+    /// The instance is gone, for this reason.
+    Removed(Instance, RemoveReason),
+}
+
+/// How a new subscription starts.
+#[derive(Debug)]
+pub enum WatchStart {
+    /// With the instances of the type as of `revision`. `reset` when it replaces what the
+    /// client knew: its `since` could not be resumed.
+    Snapshot {
+        /// The type's revision the snapshot is as of.
+        revision: Revision,
+        /// The live instances.
+        instances: Vec<Instance>,
+        /// True when a `since` was given and could not be resumed.
+        reset: bool,
+    },
+    /// With the changes after the client's `since`, which could be resumed.
+    Resume {
+        /// The client's `since`.
+        since: Revision,
+        /// Every change after `since`, oldest first.
+        missed: Vec<Arc<Change>>,
+    },
+}
+
+/// The feeds of every watched type, and what decides when to forget them. Lives inside the
+/// registry's state, under its lock, so that a change and its publication are one step.
+#[derive(Debug)]
+pub(crate) struct Feeds {
+    incarnation: u64,
+    /// The last revision given out, for any type.
+    seq: u64,
+    feeds: HashMap<Arc<str>, Feed>,
+    /// Feeds whose last watcher left, under the instant they may be forgotten.
+    forget: BTreeSet<(Instant, Arc<str>)>,
+    history: usize,
+    queue: usize,
+    window: Duration,
+}
+
+#[derive(Debug)]
+struct Feed {
+    sender: broadcast::Sender<Arc<Change>>,
+    /// The latest changes, oldest first, at most `Feeds::history` of them.
+    history: VecDeque<Arc<Change>>,
+    /// `history` holds every change with a revision after this one.
+    floor: u64,
+    /// The type's latest revision.
+    revision: u64,
+    watchers: usize,
+    /// When the feed may be forgotten, once it has no watcher.
+    keep_until: Instant,
+}
+
+impl Feeds {
+    /// Feeds that keep `history` changes per type, queue `queue` changes per watcher, and
+    /// outlive their last watcher by `window`.
+    pub(crate) fn new(history: usize, queue: usize, window: Duration) -> Self {
+        Self {
+            incarnation: uuid::Uuid::new_v4().as_u64_pair().0,
+            seq: 0,
+            feeds: HashMap::new(),
+            forget: BTreeSet::new(),
+            history,
+            queue: queue.max(1),
+            window,
+        }
+    }
+
+    /// Publishes a change to `service_type`'s watchers, if it has a feed. `event` is only
+    /// built when it does, so unwatched types pay nothing.
+    pub(crate) fn publish(&mut self, service_type: &str, event: impl FnOnce() -> ChangeEvent) {
+        let Some(feed) = self.feeds.get_mut(service_type) else {
+            return;
+        };
+        self.seq += 1;
+        let change = Arc::new(Change {
+            revision: Revision {
+                incarnation: self.incarnation,
+                seq: self.seq,
+            },
+            event: event(),
+        });
+        feed.revision = self.seq;
+        feed.history.push_back(Arc::clone(&change));
+        while feed.history.len() > self.history {
+            match feed.history.pop_front() {
+                Some(oldest) => feed.floor = oldest.revision.seq,
+                None => break,
+            }
+        }
+        // No receiver is not an error: the feed may be waiting out its window.
+        let _ = feed.sender.send(change);
+    }
+
+    /// Subscribes to `service_type`, creating its feed if needed. Returns how the watch
+    /// starts (`None` when it needs a snapshot, which the registry takes under the same
+    /// lock) and the receiver of the changes that follow.
+    pub(crate) fn subscribe(
+        &mut self,
+        service_type: &Arc<str>,
+        since: Option<Revision>,
+        now: Instant,
+    ) -> (
+        Result<WatchStart, Revision>,
+        broadcast::Receiver<Arc<Change>>,
+    ) {
+        let feed = match self.feeds.entry(Arc::clone(service_type)) {
+            Entry::Occupied(feed) => feed.into_mut(),
+            Entry::Vacant(slot) => {
+                // A new feed takes a revision of its own, so that no `since` from before it
+                // (when the type's changes were not recorded) can be taken for resumable.
+                self.seq += 1;
+                slot.insert(Feed {
+                    sender: broadcast::Sender::new(self.queue),
+                    history: VecDeque::new(),
+                    floor: self.seq,
+                    revision: self.seq,
+                    watchers: 0,
+                    keep_until: now,
+                })
+            }
+        };
+        let incarnation = self.incarnation;
+        feed.watchers += 1;
+        let receiver = feed.sender.subscribe();
+        let start = match since {
+            Some(since)
+                if since.incarnation == incarnation
+                    && (feed.floor..=feed.revision).contains(&since.seq) =>
+            {
+                let missed = feed
+                    .history
+                    .iter()
+                    .filter(|change| change.revision.seq > since.seq)
+                    .cloned()
+                    .collect();
+                Ok(WatchStart::Resume { since, missed })
+            }
+            _ => Err(Revision {
+                incarnation,
+                seq: feed.revision,
+            }),
+        };
+        (start, receiver)
+    }
+
+    /// A watcher of `service_type` left. The feed is kept for the window, then forgotten
+    /// unless someone watches it again.
+    pub(crate) fn unsubscribe(&mut self, service_type: &Arc<str>, now: Instant) {
+        let Some(feed) = self.feeds.get_mut(service_type) else {
+            return;
+        };
+        feed.watchers = feed.watchers.saturating_sub(1);
+        if feed.watchers == 0 {
+            feed.keep_until = now + self.window;
+            self.forget
+                .insert((feed.keep_until, Arc::clone(service_type)));
+        }
+    }
+
+    /// Forgets the feeds whose window has passed with no watcher; returns when the next
+    /// one may be due.
+    pub(crate) fn forget_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some((at, service_type)) = self.forget.first().cloned() {
+            if at > now {
+                return Some(at);
+            }
+            self.forget.pop_first();
+            let expired = self
+                .feeds
+                .get(&service_type)
+                .is_some_and(|feed| feed.watchers == 0 && feed.keep_until <= now);
+            if expired {
+                self.feeds.remove(&service_type);
+            }
+        }
+        None
+    }
+
+    /// The number of types with a feed.
+    pub(crate) fn len(&self) -> usize {
+        self.feeds.len()
+    }
+}
