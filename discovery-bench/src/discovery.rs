@@ -1,0 +1,237 @@
+//! The discovery backend: the protocol crate's codec over a raw `TcpStream`, with no client
+//! library in between, so that it is driven as thinly as Redis is.
+//!
+//! A connection sends `Hello`, reads `Welcome` (and takes the server's frame limit and TTL
+//! from it), then pipelines requests numbered from 1 and reads their answers in order,
+//! checking that each answer carries the id of the request it answers.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use discovery_proto::codec::ClientCodec;
+use discovery_proto::{
+    ClientFrame, Metadata, PROTOCOL_VERSION, Request, RequestId, Response, SERVER_REQUEST_ID,
+    ServerFrame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder};
+use uuid::Uuid;
+
+use crate::runner::{Answer, Backend};
+use crate::workload::{Op, Plan};
+
+/// The least room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Where the discovery server listens.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// A loopback address.
+    pub addr: SocketAddr,
+}
+
+/// One connection to a discovery server.
+pub struct DiscoveryClient {
+    stream: TcpStream,
+    codec: ClientCodec,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    next_id: RequestId,
+    /// The ids of the requests pushed and not answered yet, oldest first.
+    pending: VecDeque<RequestId>,
+    plan: Arc<Plan>,
+    conn: usize,
+    ttl: Duration,
+}
+
+impl DiscoveryClient {
+    async fn open(config: DiscoveryConfig, plan: Arc<Plan>, conn: usize) -> Result<Self, String> {
+        let addr = config.addr;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let mut client = Self {
+            stream,
+            codec: ClientCodec::default(),
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::with_capacity(READ_CHUNK),
+            next_id: 1,
+            pending: VecDeque::new(),
+            plan,
+            conn,
+            ttl: Duration::ZERO,
+        };
+        client.send(Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: format!("discovery-bench/{conn}"),
+        });
+        let hello = |e: io::Error| format!("{addr}: Hello failed: {e}");
+        client.flush_buf().await.map_err(hello)?;
+        let expected = client.pending.pop_front().unwrap_or_default();
+        let frame = client.next_frame(expected).await.map_err(hello)?;
+        match frame.response {
+            Response::Welcome { ttl, limits, .. } => {
+                client.ttl = ttl;
+                client.codec = ClientCodec::new(limits.max_frame_bytes as usize);
+                Ok(client)
+            }
+            other => Err(format!("{addr}: Hello answered {other:?}")),
+        }
+    }
+
+    /// Encodes a request under the next id.
+    fn send(&mut self, request: Request) {
+        let id = self.next_id;
+        self.next_id += 1;
+        // Our requests are small and valid: encoding cannot fail, and if it ever did the
+        // answer would be missing and the connection would report it.
+        if self
+            .codec
+            .encode(ClientFrame::new(id, request), &mut self.write_buf)
+            .is_ok()
+        {
+            self.pending.push_back(id);
+        }
+    }
+
+    async fn flush_buf(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Reads the next frame, which must answer `expected`.
+    async fn next_frame(&mut self, expected: RequestId) -> io::Result<ServerFrame> {
+        loop {
+            match self.codec.decode(&mut self.read_buf) {
+                Ok(Some(Ok(frame))) if frame.request_id == expected => return Ok(frame),
+                Ok(Some(Ok(frame))) if frame.request_id == SERVER_REQUEST_ID => {
+                    return Err(io::Error::other(format!(
+                        "the server said {:?}",
+                        frame.response
+                    )));
+                }
+                Ok(Some(Ok(frame))) => {
+                    return Err(io::Error::other(format!(
+                        "answer to request {} while waiting for {expected}",
+                        frame.request_id
+                    )));
+                }
+                Ok(Some(Err(e))) | Err(e) => return Err(io::Error::other(e)),
+                Ok(None) => {}
+            }
+            self.read_buf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    fn register(&mut self, t: usize, ip: std::net::IpAddr, port: u16) {
+        let service_type = self.plan.types[t].clone();
+        self.send(Request::Register {
+            service_type,
+            ip,
+            port,
+            metadata: Metadata::new(),
+        });
+    }
+}
+
+impl Backend for DiscoveryClient {
+    type Config = DiscoveryConfig;
+    type Handle = Uuid;
+
+    const NAME: &'static str = "discovery";
+
+    async fn connect(
+        config: DiscoveryConfig,
+        plan: Arc<Plan>,
+        conn: usize,
+    ) -> Result<Self, String> {
+        Self::open(config, plan, conn).await
+    }
+
+    async fn prepare(&mut self) -> Result<(), String> {
+        // Seeding registers the same endpoints as an earlier run, which replaces its
+        // entries: nothing to clear.
+        Ok(())
+    }
+
+    fn server_ttl(&self) -> Option<Duration> {
+        Some(self.ttl)
+    }
+
+    fn push(&mut self, op: Op, handles: &[Uuid]) {
+        match op {
+            Op::Seed(i) => {
+                let (t, ip, port) = self.plan.seed(i);
+                self.register(t, ip, port);
+            }
+            Op::Register(slot) => {
+                let (t, ip, port) = self.plan.pool(self.conn, slot);
+                self.register(t, ip, port);
+            }
+            Op::Heartbeat(i) => self.send(Request::Heartbeat { id: handles[i] }),
+            Op::Query(t) => {
+                let service_type = self.plan.types[t].clone();
+                self.send(Request::Query { service_type });
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.flush_buf().await
+    }
+
+    async fn answer(&mut self, op: Op) -> io::Result<Answer<Uuid>> {
+        let expected = self
+            .pending
+            .pop_front()
+            .ok_or_else(|| io::Error::other("an answer was awaited for no request"))?;
+        let mut items = 0;
+        loop {
+            let frame = self.next_frame(expected).await?;
+            let answer = match (op, frame.response) {
+                (Op::Query(_), Response::Instances { instances, more }) => {
+                    items += instances.len();
+                    if more {
+                        continue;
+                    }
+                    Answer::Done { items }
+                }
+                (Op::Seed(_), Response::Registered { id }) => Answer::Seeded(id),
+                (Op::Register(_), Response::Registered { .. }) => Answer::Done { items: 0 },
+                (Op::Heartbeat(_), Response::Ok) => Answer::Done { items: 0 },
+                (Op::Heartbeat(i), Response::NotFound) => {
+                    Answer::Failed(format!("heartbeat of seed instance {i} answered NotFound"))
+                }
+                (_, Response::Error { kind, message }) => {
+                    Answer::Failed(format!("{kind:?}: {message}"))
+                }
+                (op, other) => Answer::Failed(format!("{op:?} answered {other:?}")),
+            };
+            return Ok(answer);
+        }
+    }
+
+    fn background(
+        _: &DiscoveryConfig,
+        _: Arc<Plan>,
+        _: Instant,
+        _: Duration,
+    ) -> Option<JoinHandle<Result<String, String>>> {
+        // The server expires instances itself.
+        None
+    }
+}
