@@ -3,7 +3,8 @@
 //! A `Client` is cheap to clone: every clone hands its calls to the same worker task, which
 //! owns the one connection, so a program builds one client and passes clones around. The
 //! calls are plain request/answer pairs; [`Client::register`] adds a
-//! [`Registration`] that keeps the instance alive.
+//! [`Registration`] that keeps the instance alive, and [`Client::watch`] and
+//! [`Client::view`] follow a type's changes as the server pushes them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,10 +17,12 @@ use uuid::Uuid;
 
 use crate::config::{
     CALL_BUFFER, ClientConfig, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_REQUEST_TIMEOUT, ServerAddress, default_client_name,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_BUFFER, ServerAddress, default_client_name,
 };
 use crate::error::Error;
 use crate::registration::{Registration, ServiceSpec};
+use crate::view::ServiceView;
+use crate::watch::{Control, NewWatch, Watch};
 use crate::worker::{self, Call, Shared};
 
 /// A handle to the discovery servers: find services, announce them, keep them alive.
@@ -55,6 +58,8 @@ use crate::worker::{self, Call, Shared};
 #[derive(Clone)]
 pub struct Client {
     calls: mpsc::Sender<Call>,
+    /// For `Watch` handles, which must not wait (they send from `Drop`).
+    control: mpsc::UnboundedSender<Control>,
     shared: Arc<Shared>,
     config: Arc<ClientConfig>,
 }
@@ -148,6 +153,80 @@ impl Client {
         }
     }
 
+    /// Follows the changes of `service_type`: the returned [`Watch`] is a stream whose
+    /// first event is a [`WatchEvent::Snapshot`](crate::WatchEvent::Snapshot) of the live
+    /// instances, followed by every [`Added`](crate::WatchEvent::Added) and
+    /// [`Removed`](crate::WatchEvent::Removed) as they happen.
+    ///
+    /// Returns once the server has accepted the watch and its snapshot is in the stream, so
+    /// a failure to start is an error here, like any call's: [`Error::Unreachable`] when
+    /// no server answered within the connect timeout, [`Error::Rejected`] for an invalid
+    /// type or a connection at the server's watch limit. Once started, the watch never
+    /// gives up: it outlives outages and failovers, resuming where it stopped (see
+    /// [`Watch`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let server_address = listener.local_addr()?;
+    /// # let stop = tokio_util::sync::CancellationToken::new();
+    /// # let server = tokio::spawn(discovery_server::server::run(listener, Default::default(), stop.clone()));
+    /// use discovery_client::{Client, ServiceSpec, WatchEvent};
+    /// use futures_util::StreamExt;
+    ///
+    /// let client = Client::builder().address(server_address).build()?;
+    /// client.register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?)).await?;
+    ///
+    /// let mut watch = client.watch("billing").await?;
+    /// while let Some(event) = watch.next().await {
+    ///     match event {
+    ///         WatchEvent::Snapshot { revision, instances, .. } => {
+    ///             println!("{} instances at {revision}", instances.len());
+    ///             # break;
+    ///         }
+    ///         WatchEvent::Added { instance, .. } => println!("+ {}", instance.id),
+    ///         WatchEvent::Removed { instance, reason, .. } => println!("- {} ({reason:?})", instance.id),
+    ///         other => println!("{other:?}"),
+    ///     }
+    /// }
+    /// # drop((watch, client));
+    /// # stop.cancel();
+    /// # server.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn watch(&self, service_type: impl Into<String>) -> Result<Watch, Error> {
+        let service_type = service_type.into();
+        let key = self.shared.next_watch_key();
+        let (events, receiver) = mpsc::channel(self.config.watch_buffer);
+        // Made first, so that a call given up or cancelled midway unsubscribes on drop.
+        let watch = Watch::new(key, service_type.clone(), receiver, self.clone());
+        let request = Request::Watch {
+            service_type: service_type.clone(),
+            since: None,
+        };
+        let new = NewWatch {
+            key,
+            service_type,
+            events,
+        };
+        match self.call_with(request, Some(new)).await? {
+            Response::Ok => Ok(watch),
+            other => Err(unexpected("Watch", other)),
+        }
+    }
+
+    /// A live local view of `service_type`'s instances, kept up to date by a background
+    /// task that follows a [`Watch`]; see [`ServiceView`].
+    ///
+    /// Fails like [`Client::watch`]; once made, the view keeps serving the last list it
+    /// knew while no server is reachable, and says so in [`ServiceView::status`].
+    pub async fn view(&self, service_type: impl Into<String>) -> Result<ServiceView, Error> {
+        let watch = self.watch(service_type).await?;
+        ServiceView::start(watch).await
+    }
+
     /// Checks that a server answers, connecting first if needed; returns the round trip.
     /// A program can call it at startup to fail early when no server is reachable.
     pub async fn ping(&self) -> Result<Duration, Error> {
@@ -174,13 +253,29 @@ impl Client {
         self.config.connect_timeout
     }
 
+    /// Hands a message to the worker without waiting; lost only when the worker is gone.
+    pub(crate) fn control(&self, control: Control) {
+        let _ = self.control.send(control);
+    }
+
     /// Hands a request to the worker and waits for its answer.
     async fn call(&self, request: Request) -> Result<Response, Error> {
+        self.call_with(request, None).await
+    }
+
+    /// Hands a request, and the watch it opens if any, to the worker and waits for its
+    /// answer.
+    async fn call_with(
+        &self,
+        request: Request,
+        watch: Option<NewWatch>,
+    ) -> Result<Response, Error> {
         let (reply, answer) = oneshot::channel();
         let call = Call {
             request,
             reply,
             queued_at: Instant::now(),
+            watch,
         };
         // The worker takes calls as fast as they come unless it is swamped; bound the wait
         // so that a call never hangs past its timeouts.
@@ -271,6 +366,7 @@ impl ClientBuilder {
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 backoff_max: DEFAULT_BACKOFF_MAX,
                 client_name: default_client_name(),
+                watch_buffer: DEFAULT_WATCH_BUFFER,
             },
         }
     }
@@ -324,12 +420,23 @@ impl ClientBuilder {
         self
     }
 
+    /// How many events may wait for the consumer of each [`Watch`] (at least 2). A
+    /// consumer that lets more pile up is sent [`WatchEvent::Lagged`](crate::WatchEvent::Lagged)
+    /// and later a reset snapshot, instead of the events that did not fit; the worker never
+    /// waits for it. Default [`DEFAULT_WATCH_BUFFER`] (256).
+    ///
+    /// [`DEFAULT_WATCH_BUFFER`]: crate::config::DEFAULT_WATCH_BUFFER
+    pub fn watch_buffer(mut self, events: usize) -> Self {
+        self.config.watch_buffer = events;
+        self
+    }
+
     /// Builds the client and starts its worker task, without connecting: the first call
     /// connects.
     ///
     /// Must be called inside a tokio runtime, which then runs the worker. Fails with
-    /// [`Error::Config`] outside one, without an address, or with a zero timeout or backoff
-    /// cap.
+    /// [`Error::Config`] outside one, without an address, with a zero timeout or backoff
+    /// cap, or with a watch buffer under 2.
     pub fn build(self) -> Result<Client, Error> {
         let config = self.config;
         if config.addresses.is_empty() {
@@ -345,6 +452,11 @@ impl ClientBuilder {
                 "the {name} must be longer than zero"
             )));
         }
+        if config.watch_buffer < 2 {
+            return Err(Error::Config(
+                "the watch buffer must hold at least 2 events".into(),
+            ));
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Config(
                 "build() must be called inside a tokio runtime, which runs the client's worker"
@@ -354,9 +466,17 @@ impl ClientBuilder {
         let config = Arc::new(config);
         let shared = Arc::new(Shared::default());
         let (calls, incoming) = mpsc::channel(CALL_BUFFER);
-        worker::spawn(&runtime, config.clone(), incoming, shared.clone());
+        let (control, control_incoming) = mpsc::unbounded_channel();
+        worker::spawn(
+            &runtime,
+            config.clone(),
+            incoming,
+            control_incoming,
+            shared.clone(),
+        );
         Ok(Client {
             calls,
+            control,
             shared,
             config,
         })

@@ -33,6 +33,18 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The first wait between two rounds of connection attempts, before it doubles: 100 ms.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 
+/// How many events may wait for the consumer of one [`Watch`](crate::Watch): 256.
+///
+/// A consumer that lets more pile up gets [`WatchEvent::Lagged`](crate::WatchEvent::Lagged)
+/// and later a reset snapshot instead of the events that did not fit, so a watch never holds
+/// more than this many events (and one snapshot) in memory.
+pub const DEFAULT_WATCH_BUFFER: usize = 256;
+
+/// How long a connection that carries watches may stay silent before the worker checks it
+/// with a `Ping`: 15 s. A server that vanished without closing the connection is then found
+/// out within this plus the request timeout, and the watches move to a new connection.
+pub(crate) const WATCH_KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// How many calls may wait for the worker task before callers wait to hand theirs over.
 pub(crate) const CALL_BUFFER: usize = 1024;
 
@@ -146,6 +158,7 @@ pub(crate) struct ClientConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) client_name: String,
+    pub(crate) watch_buffer: usize,
 }
 
 impl ClientConfig {
@@ -200,6 +213,7 @@ mod tests {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             backoff_max: DEFAULT_BACKOFF_MAX,
             client_name: String::new(),
+            watch_buffer: DEFAULT_WATCH_BUFFER,
         };
         assert_eq!(config.attempt_timeout(), Duration::from_millis(1500));
         config.connect_timeout = Duration::from_millis(50);

@@ -5,9 +5,12 @@
 //! |---|---|
 //! | [`client`] | [`Client`], the cheap-to-clone handle every call goes through, and its [`ClientBuilder`] |
 //! | [`registration`] | [`Registration`], an announced instance kept alive by a background heartbeat loop, and the [`ServiceSpec`] it announces |
+//! | [`watch`] | [`Watch`], the stream of a type's changes that survives reconnections, and its [`WatchEvent`]s |
+//! | [`view`] | [`ServiceView`], a live local list of a type's instances built on a watch |
 //! | [`config`] | server addresses, and the defaults of every timeout |
 //! | [`error`] | [`Error`], one enum for every failure, with predicates to act on |
 //! | `worker` | the task that owns the connection: handshake, pipelining, reconnection, failover |
+//! | `subscriptions` | the worker's table of open watches: routing pushes, joining snapshots, resuming, bounded delivery |
 //! | `backoff` | the exponential backoff with jitter between rounds of connection attempts |
 //!
 //! # Guide
@@ -58,6 +61,49 @@
 //! # }
 //! ```
 //!
+//! # Watching
+//!
+//! A caller that needs the instances of a type all the time does not poll: it follows the
+//! changes the server pushes. [`Client::view`] keeps a local list up to date in the
+//! background, which keeps serving the last known instances while no server is reachable;
+//! [`Client::watch`] gives the changes themselves, as a `Stream` of [`WatchEvent`]s
+//! (a snapshot, then `Added` and `Removed`). Both survive reconnections: the client
+//! subscribes again from the last revision it saw and gets exactly the changes it missed,
+//! or a snapshot marked `reset` when the server no longer has them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let server_address = listener.local_addr()?;
+//! # let stop = tokio_util::sync::CancellationToken::new();
+//! # let server = tokio::spawn(discovery_server::server::run(listener, Default::default(), stop.clone()));
+//! use discovery_client::{Client, ServiceSpec, WatchEvent};
+//!
+//! let client = Client::builder().address(server_address).build()?;
+//!
+//! // A load balancer keeps the list of billing instances at hand.
+//! let mut billing = client.view("billing").await?;
+//! // An audit log records every change.
+//! let mut changes = client.watch("billing").await?;
+//! assert!(matches!(changes.recv().await, Some(WatchEvent::Snapshot { .. })));
+//!
+//! let id = client.register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?)).await?;
+//! match changes.recv().await {
+//!     Some(WatchEvent::Added { revision, instance }) => println!("{revision}: + {}", instance.id),
+//!     other => panic!("{other:?}"),
+//! }
+//! while billing.instances().is_empty() {
+//!     billing.changed().await?;
+//! }
+//! assert_eq!(billing.instances()[0].id, id);
+//! # drop((billing, changes, client));
+//! # stop.cancel();
+//! # server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Errors and timeouts
 //!
 //! Every call waits at most the connect timeout (default 3 s) for a connection, then at
@@ -68,22 +114,30 @@
 //!
 //! A request that was on the wire when its connection broke fails with
 //! [`Error::Disconnected`] and is not sent again, because it may already have been carried
-//! out; the next call goes over a new connection.
+//! out; the next call goes over a new connection. Watches are the exception: subscribing
+//! is harmless to repeat, so an open [`Watch`] is subscribed again on every new connection,
+//! and only [`Client::watch`] itself fails if the connection breaks before the watch has
+//! started.
 
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod registration;
+pub mod view;
+pub mod watch;
 
 mod backoff;
+mod subscriptions;
 mod worker;
 
 pub use client::{Client, ClientBuilder, ServerInfo};
 pub use error::Error;
 pub use registration::{Registration, RegistrationState, ServiceSpec};
+pub use view::{ServiceView, ViewStatus};
+pub use watch::{Watch, WatchEvent};
 
 /// The wire types a caller handles, re-exported so that a program needs no direct
 /// dependency on `discovery-proto`.
-pub use discovery_proto::{ErrorKind, Instance, Limits, Metadata};
+pub use discovery_proto::{ErrorKind, Instance, Limits, Metadata, RemoveReason, Revision};
 /// Instance ids, re-exported for the same reason.
 pub use uuid::Uuid;

@@ -17,6 +17,13 @@
 //! The socket is split into a read half and a write half that make progress independently
 //! inside one `select!`: a writer blocked on a full socket while the server is blocked
 //! writing answers the worker does not read would deadlock both.
+//!
+//! Watches are the worker's too ([`Subscriptions`]): a frame whose request id is a watch's
+//! goes there instead of to the requests waiting for answers, every new connection
+//! subscribes the open watches again from the last revision their consumers were given,
+//! and the worker keeps connecting (with backoff, never giving up) while a watch is open,
+//! even when no call waits. A connection that carries watches and has been silent for
+//! [`WATCH_KEEPALIVE`] is checked with a `Ping`, so that a vanished server is noticed.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -41,8 +48,12 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::client::ServerInfo;
-use crate::config::{BACKOFF_INITIAL, CALL_BUFFER, ClientConfig, MAX_IN_FLIGHT, ServerAddress};
+use crate::config::{
+    BACKOFF_INITIAL, CALL_BUFFER, ClientConfig, MAX_IN_FLIGHT, ServerAddress, WATCH_KEEPALIVE,
+};
 use crate::error::Error;
+use crate::subscriptions::{Outbox, Subscriptions};
+use crate::watch::{Control, NewWatch, WatchKey};
 
 /// What a call receives: the server's response (the parts of a query answer joined into
 /// one `Instances`), or why there is none. Error answers are already turned into errors.
@@ -54,6 +65,8 @@ pub(crate) struct Call {
     pub(crate) reply: oneshot::Sender<Answer>,
     /// When the caller made the call: the connect timeout counts from here.
     pub(crate) queued_at: Instant,
+    /// For a `Watch` request: the watch to open with it.
+    pub(crate) watch: Option<NewWatch>,
 }
 
 /// State the worker shares with the handles.
@@ -63,6 +76,8 @@ pub(crate) struct Shared {
     stopped: Mutex<Option<String>>,
     /// The server of the current or last connection.
     server: Mutex<Option<ServerInfo>>,
+    /// The key of the next watch.
+    next_watch_key: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -88,6 +103,11 @@ impl Shared {
     fn set_server(&self, info: ServerInfo) {
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
     }
+
+    pub(crate) fn next_watch_key(&self) -> WatchKey {
+        self.next_watch_key
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Starts the worker on `runtime`.
@@ -95,9 +115,10 @@ pub(crate) fn spawn(
     runtime: &tokio::runtime::Handle,
     config: Arc<ClientConfig>,
     calls: mpsc::Receiver<Call>,
+    control: mpsc::UnboundedReceiver<Control>,
     shared: Arc<Shared>,
 ) {
-    let mut worker = Worker::new(config, calls, shared);
+    let mut worker = Worker::new(config, calls, control, shared);
     runtime.spawn(async move {
         // The worker is borrowed, not moved, into the caught future: if it panics, the
         // reason is recorded before the worker (and every reply sender it holds) is dropped.
@@ -134,11 +155,28 @@ impl Drop for StopGuard {
 /// A request on the wire, waiting for its answer.
 struct InFlight {
     id: RequestId,
-    reply: oneshot::Sender<Answer>,
+    /// The caller waiting; `None` for the worker's own requests (`Unwatch`, a watch opened
+    /// again on a new connection, a keepalive `Ping`).
+    reply: Option<oneshot::Sender<Answer>>,
     /// When the request fails with a timeout; moved on by every part of a query answer.
     deadline: Instant,
     /// The parts of a query answer received so far.
     instances: Vec<Instance>,
+}
+
+impl InFlight {
+    /// Gives the caller, if any, its answer.
+    fn finish(self, answer: Answer) {
+        if let Some(reply) = self.reply {
+            // The caller may have gone; then nobody needs the answer.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Where the worker's own requests go while a connection is up.
+struct Link {
+    frames: mpsc::UnboundedSender<ClientFrame>,
 }
 
 /// An established connection, after `Welcome`.
@@ -166,6 +204,12 @@ struct Worker {
     _stop_guard: StopGuard,
     shared: Arc<Shared>,
     calls: mpsc::Receiver<Call>,
+    /// Messages from `Watch` handles, which must never wait (one comes from `Drop`).
+    control: mpsc::UnboundedReceiver<Control>,
+    /// The open watches.
+    watches: Subscriptions,
+    /// The current connection, for the worker's own requests.
+    link: Option<Link>,
     /// Calls taken from the channel and not yet written.
     queue: VecDeque<Call>,
     /// Requests written and not yet answered, in the order they were written.
@@ -185,11 +229,19 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(config: Arc<ClientConfig>, calls: mpsc::Receiver<Call>, shared: Arc<Shared>) -> Self {
+    fn new(
+        config: Arc<ClientConfig>,
+        calls: mpsc::Receiver<Call>,
+        control: mpsc::UnboundedReceiver<Control>,
+        shared: Arc<Shared>,
+    ) -> Self {
         Self {
             _stop_guard: StopGuard(shared.clone()),
             shared,
             calls,
+            control,
+            watches: Subscriptions::default(),
+            link: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
             backoff: Backoff::new(BACKOFF_INITIAL, config.backoff_max),
@@ -204,13 +256,17 @@ impl Worker {
 
     async fn run(&mut self) {
         loop {
-            if self.queue.is_empty() {
+            if self.queue.is_empty() && !self.watches.want_connection() {
                 // No connection and nothing to do: wait for a call without touching the
                 // network.
-                match self.calls.recv().await {
-                    Some(call) => self.queue.push_back(call),
-                    None => return,
+                tokio::select! {
+                    call = self.calls.recv() => match call {
+                        Some(call) => self.take_call(call),
+                        None => return,
+                    },
+                    Some(control) = self.control.recv() => self.on_control(control),
                 }
+                continue;
             }
             let connection = match self.connect().await {
                 Ok(Some(connection)) => connection,
@@ -229,16 +285,44 @@ impl Worker {
         id
     }
 
-    /// Connects while calls are waiting; `Ok(None)` when none is left to wait.
+    /// Queues a call. The `Watch` handles' messages sent before it are handled first, so
+    /// that a dropped watch is unsubscribed before a call made after the drop is written
+    /// (a new watch must not hit the server's limit because of it).
+    fn take_call(&mut self, call: Call) {
+        while let Ok(control) = self.control.try_recv() {
+            self.on_control(control);
+        }
+        self.queue.push_back(call);
+    }
+
+    fn on_control(&mut self, control: Control) {
+        let (watches, mut out) = self.outbox();
+        watches.control(control, &mut out);
+    }
+
+    /// The watch table, and the connection its requests and answers go through.
+    fn outbox(&mut self) -> (&mut Subscriptions, WorkerOutbox<'_>) {
+        let out = WorkerOutbox {
+            link: self.link.as_ref(),
+            in_flight: &mut self.in_flight,
+            next_request_id: &mut self.next_request_id,
+            request_timeout: self.config.request_timeout,
+        };
+        (&mut self.watches, out)
+    }
+
+    /// Connects while calls or watches are waiting; `Ok(None)` when none is left to wait.
+    /// Calls give up after the connect timeout; watches never do.
     async fn connect(&mut self) -> Result<Option<Connection>, Stop> {
         let mut attempt = self.start_attempt();
         loop {
             self.queue.retain(|call| !call.reply.is_closed());
-            let Some(oldest) = self.queue.iter().map(|call| call.queued_at).min() else {
+            let oldest = self.queue.iter().map(|call| call.queued_at).min();
+            if oldest.is_none() && !self.watches.want_connection() {
                 // Nobody waits any more; the backoff state stays for the next call.
                 return Ok(None);
-            };
-            let give_up_at = oldest + self.config.connect_timeout;
+            }
+            let give_up_at = oldest.map(|oldest| oldest + self.config.connect_timeout);
             tokio::select! {
                 (index, result) = &mut attempt => match result {
                     Ok(connection) => return Ok(Some(connection)),
@@ -248,10 +332,13 @@ impl Worker {
                     }
                 },
                 call = self.calls.recv(), if self.queue.len() < CALL_BUFFER => match call {
-                    Some(call) => self.queue.push_back(call),
+                    Some(call) => self.take_call(call),
                     None => return Err(Stop),
                 },
-                () = sleep_until(give_up_at) => self.give_up_waiting(),
+                Some(control) = self.control.recv() => self.on_control(control),
+                () = sleep_until(give_up_at.unwrap_or_else(Instant::now)), if give_up_at.is_some() => {
+                    self.give_up_waiting();
+                }
             }
         }
     }
@@ -331,6 +418,15 @@ impl Worker {
         let (frames, to_write) = mpsc::unbounded_channel();
         let write_all = write_frames(writer, to_write);
         tokio::pin!(write_all);
+        self.link = Some(Link {
+            frames: frames.clone(),
+        });
+        {
+            let (watches, mut out) = self.outbox();
+            watches.subscribe_all(&mut out);
+        }
+        // When the last frame came, for the keepalive of connections that carry watches.
+        let mut last_frame = Instant::now();
 
         let mut answered = false;
         // Set when the server said it is closing the connection: nothing more is written,
@@ -342,6 +438,7 @@ impl Worker {
                 self.write_queued(&frames, max_frame_bytes);
             }
             let deadline = self.in_flight.front().map(|request| request.deadline);
+            let keepalive = self.watches.any_subscribed() && self.in_flight.is_empty();
             tokio::select! {
                 frame = reader.next() => match frame {
                     None => {
@@ -354,6 +451,7 @@ impl Worker {
                         }
                     }
                     Some(Ok(Ok(frame))) => {
+                        last_frame = Instant::now();
                         if self.on_frame(frame, &mut closing) {
                             answered = true;
                         }
@@ -372,18 +470,29 @@ impl Worker {
                     };
                 }
                 call = self.calls.recv(), if self.queue.len() < CALL_BUFFER => match call {
-                    Some(call) => self.queue.push_back(call),
-                    None => return Next::Stop,
+                    Some(call) => self.take_call(call),
+                    None => {
+                        self.link = None;
+                        return Next::Stop;
+                    }
                 },
+                Some(control) = self.control.recv(), if closing.is_none() => self.on_control(control),
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     let after = self.config.request_timeout;
                     if let Some(request) = self.in_flight.pop_front() {
-                        let _ = request.reply.send(Err(Error::Timeout { after }));
+                        request.finish(Err(Error::Timeout { after }));
                     }
                     break format!("the server did not answer within {after:?}");
                 }
+                () = sleep_until(last_frame + WATCH_KEEPALIVE), if keepalive && closing.is_none() => {
+                    let (_, mut out) = self.outbox();
+                    out.send(Request::Ping);
+                    // Counts as activity, so that only one check is under way at a time.
+                    last_frame = Instant::now();
+                }
             }
         };
+        self.link = None;
 
         if self.in_flight.is_empty() {
             debug!(%address, %reason, "connection to discovery server ended");
@@ -395,8 +504,9 @@ impl Worker {
                 address: address.clone(),
                 reason: reason.clone(),
             };
-            let _ = request.reply.send(Err(error));
+            request.finish(Err(error));
         }
+        self.watches.connection_lost(&reason);
         self.last_error = Some(Arc::new(Error::Disconnected { address, reason }));
         if !answered {
             // Welcomed and lost without one answer: a server that keeps doing this must
@@ -442,9 +552,12 @@ impl Worker {
             }
             // Fails only when the writer has stopped, which the select loop sees next.
             let _ = frames.send(frame);
+            if let Some(watch) = call.watch {
+                self.watches.open(id, watch);
+            }
             self.in_flight.push_back(InFlight {
                 id,
-                reply: call.reply,
+                reply: Some(call.reply),
                 deadline: Instant::now() + self.config.request_timeout,
                 instances: Vec::new(),
             });
@@ -468,6 +581,14 @@ impl Worker {
                 other => debug!(response = ?other, "ignoring frame outside any request"),
             }
             return false;
+        }
+        if self.watches.owns(frame.request_id) {
+            let (watches, mut out) = self.outbox();
+            let answered = watches.on_frame(frame.request_id, frame.response, &mut out);
+            if answered {
+                self.answered();
+            }
+            return answered;
         }
         // Answers come in the order of the requests, so this is the front in practice.
         let Some(position) = self
@@ -498,12 +619,13 @@ impl Worker {
                 let Some(mut request) = self.in_flight.remove(position) else {
                     return false;
                 };
-                request.instances.extend(instances);
+                let mut instances_so_far = std::mem::take(&mut request.instances);
+                instances_so_far.extend(instances);
                 let joined = Response::Instances {
-                    instances: request.instances,
+                    instances: instances_so_far,
                     more: false,
                 };
-                let _ = request.reply.send(Ok(joined));
+                request.finish(Ok(joined));
                 self.answered();
                 true
             }
@@ -512,7 +634,7 @@ impl Worker {
                     *closing = Some(format!("the server is closing it ({kind:?}: {message})"));
                 }
                 if let Some(request) = self.in_flight.remove(position) {
-                    let _ = request.reply.send(Err(Error::Rejected { kind, message }));
+                    request.finish(Err(Error::Rejected { kind, message }));
                 }
                 if closing.is_none() {
                     self.answered();
@@ -521,7 +643,7 @@ impl Worker {
             }
             response => {
                 if let Some(request) = self.in_flight.remove(position) {
-                    let _ = request.reply.send(Ok(response));
+                    request.finish(Ok(response));
                 }
                 self.answered();
                 true
@@ -539,12 +661,17 @@ impl Worker {
     /// fails and the connection goes on when its id could be read; otherwise nothing can be
     /// matched any more and the connection ends with the returned reason.
     fn on_undecodable(&mut self, error: discovery_proto::Error) -> Option<String> {
+        if let Some(id) = error.request_id().filter(|id| self.watches.owns(*id)) {
+            let (watches, mut out) = self.outbox();
+            watches.on_undecodable(id, error.into(), &mut out);
+            return None;
+        }
         let position = error
             .request_id()
             .and_then(|id| self.in_flight.iter().position(|request| request.id == id));
         match position.and_then(|position| self.in_flight.remove(position)) {
             Some(request) => {
-                let _ = request.reply.send(Err(error.into()));
+                request.finish(Err(error.into()));
                 None
             }
             None => Some(format!("undecodable frame from the server: {error}")),
@@ -554,6 +681,46 @@ impl Worker {
 
 /// The connection task's way of saying every handle is gone.
 struct Stop;
+
+/// The watch table's view of the worker's connection: its own requests are numbered,
+/// written and timed like the callers'.
+struct WorkerOutbox<'a> {
+    link: Option<&'a Link>,
+    in_flight: &'a mut VecDeque<InFlight>,
+    next_request_id: &'a mut RequestId,
+    request_timeout: Duration,
+}
+
+impl Outbox for WorkerOutbox<'_> {
+    fn send(&mut self, request: Request) -> Option<RequestId> {
+        let link = self.link?;
+        let id = *self.next_request_id;
+        *self.next_request_id += 1;
+        // Fails only when the writer has stopped, which the select loop sees next.
+        let _ = link.frames.send(ClientFrame::new(id, request));
+        self.in_flight.push_back(InFlight {
+            id,
+            reply: None,
+            deadline: Instant::now() + self.request_timeout,
+            instances: Vec::new(),
+        });
+        Some(id)
+    }
+
+    fn answer(&mut self, id: RequestId, answer: Answer) {
+        if let Some(position) = self.in_flight.iter().position(|request| request.id == id) {
+            if let Some(request) = self.in_flight.remove(position) {
+                request.finish(answer);
+            }
+        }
+    }
+
+    fn touch(&mut self, id: RequestId) {
+        if let Some(request) = self.in_flight.iter_mut().find(|request| request.id == id) {
+            request.deadline = Instant::now() + self.request_timeout;
+        }
+    }
+}
 
 /// Writes frames as they come, flushing when no more are immediately waiting, so that a
 /// burst of pipelined requests goes out in few writes.
