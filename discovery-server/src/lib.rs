@@ -4,6 +4,7 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`registry`] | the registry itself: instances, TTLs, expiry; no I/O |
+//! | `table` | the registry's compact storage: slots, indexes, the deadline wheel |
 //! | [`watch`] | the change feeds of watched types: revisions, history, wake-ups |
 //! | [`handler`] | a request in, an answer out: the rules of the protocol, no I/O |
 //! | [`connection`] | one client's socket, buffers, timeouts and request loop |
@@ -22,6 +23,7 @@ pub mod error;
 pub mod handler;
 pub mod registry;
 pub mod server;
+mod table;
 pub mod watch;
 
 pub use config::{RegistryConfig, ServerConfig};

@@ -2,35 +2,31 @@
 //!
 //! [`Registry`] is a cheap-to-clone handle around shared state, in the manner of
 //! mini-redis's `Db`. It does no I/O, so it can be tested alone with tokio's paused clock,
-//! and later be put behind a trait next to a distributed backend.
+//! and later be put behind a trait next to a distributed backend. The entries themselves
+//! live in a compact table of slots and indexes (the private `table` module).
 //!
 //! # Liveness
 //!
 //! An instance is live while less than the TTL has passed since its register or its last
-//! heartbeat, measured on [`tokio::time::Instant`]. From its deadline on it is gone for
-//! every method at once (a query skips it, a heartbeat or a deregister answers not found)
-//! even in the moment before the expiry task has freed it, so no answer ever depends on
-//! whether that task has run yet. The wall-clock [`Instance::last_heartbeat`] is kept only
-//! to show people.
+//! heartbeat, measured on [`tokio::time::Instant`] (in nanoseconds since the registry's
+//! epoch). From its deadline on it is gone for every method at once (a query skips it, a
+//! heartbeat or a deregister answers not found) even in the moment before the expiry task
+//! has freed it, so no answer ever depends on whether that task has run yet.
+//!
+//! The wall-clock [`Instance::last_heartbeat`] is only shown to people. It is not stored:
+//! it is the deadline less the TTL, read on the wall clock of the registry's start plus the
+//! monotonic time since, which is the register's or the heartbeat's time and costs no
+//! bytes per entry.
 //!
 //! # Expiry
 //!
-//! Every entry is filed once in a deadline index, a `BTreeSet<(Instant, Uuid)>`, and one
-//! background task sleeps until the earliest filed deadline. Heartbeats are by far the most
-//! frequent request, so a heartbeat only stores the new deadline in its entry and leaves the
-//! index alone: when a filed deadline comes due, the task compares it with the entry's real
-//! deadline and either frees the entry or files it again under the real one. A filed
-//! deadline is therefore never later than the real one, and the task never sleeps past an
-//! expiry. Each entry costs the task one visit per TTL at most, however often it heartbeats.
-//!
-//! # Indexes
-//!
-//! - `entries`: id -> entry, the only owner of an instance's data.
-//! - `types`: type -> (ip, port) -> id. It is both the per-type index (a query visits only
-//!   the instances of its type, never all entries) and the endpoint index that makes a
-//!   register of a known (type, ip, port) replace the older entry. The type name is interned
-//!   as one `Arc<str>` that its entries share, and a type whose last instance goes is removed.
-//! - `expirations`: the deadline index above.
+//! Every entry is filed once in a deadline index (the table's wheel of millisecond buckets),
+//! and one background task sleeps until the earliest bucket. Heartbeats are by far the most
+//! frequent request, so a heartbeat only stores the new deadline in its slot and leaves the
+//! index alone: when a bucket comes due, the task compares each entry's real deadline with
+//! now and either frees the entry or files it again under its real deadline. Each entry
+//! costs the task one visit per TTL at most, however often it heartbeats; a bucket is never
+//! later than its entries' deadlines by more than the millisecond it rounds up to.
 //!
 //! # Limits
 //!
@@ -39,9 +35,8 @@
 //! replaces an entry of the same endpoint never grows the count and is never refused by
 //! the caps.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -56,11 +51,12 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use uuid::Uuid;
 
+use crate::table::{Due, Nanos, Removed, Slot, Table};
 use crate::watch::{Change, ChangeEvent, Feeds, WatchStart};
 use crate::{Error, RegistryConfig};
 
-/// The longest TTL the registry uses: any longer one is cut to this, so that `now + ttl`
-/// can never overflow an `Instant` (a century is forever to a registry).
+/// The longest TTL the registry uses: any longer one is cut to this, so that deadlines in
+/// nanoseconds since the epoch can never overflow (a century is forever to a registry).
 const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The most entries the expiry task handles per hold of the lock: when a million entries
@@ -79,8 +75,9 @@ pub struct Registry {
 
 struct Shared {
     config: RegistryConfig,
-    /// `config.ttl`, cut to [`MAX_TTL`].
-    ttl: Duration,
+    /// `config.ttl` in nanoseconds, cut to [`MAX_TTL`].
+    ttl: Nanos,
+    clock: Clock,
     /// A std mutex, not tokio's: every critical section is a few map operations, never held
     /// across an `.await`, and an async mutex would only add cost to each of them.
     state: Mutex<State>,
@@ -97,42 +94,48 @@ impl Drop for Shared {
     }
 }
 
+/// The registry's two clocks, read from one start: deadlines are monotonic nanoseconds
+/// since `epoch`, and the wall-clock time shown for one is `wall_epoch` plus as much.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    epoch: Instant,
+    wall_epoch: DateTime<Utc>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            wall_epoch: Utc::now(),
+        }
+    }
+
+    fn now(&self) -> Nanos {
+        let elapsed = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, at: Nanos) -> Instant {
+        self.epoch + Duration::from_nanos(at)
+    }
+
+    fn wall(&self, at: Nanos) -> DateTime<Utc> {
+        let at = chrono::TimeDelta::nanoseconds(i64::try_from(at).unwrap_or(i64::MAX));
+        self.wall_epoch + at
+    }
+}
+
 struct State {
-    entries: HashMap<Uuid, Entry>,
-    types: HashMap<Arc<str>, HashMap<SocketAddr, Uuid>>,
-    /// Every entry exactly once, under its `filed` deadline.
-    expirations: BTreeSet<(Instant, Uuid)>,
+    /// `Shared::ttl`, here too so that the state can tell the instances it removes.
+    ttl: Nanos,
+    table: Table,
     /// The change feeds of watched types; changes are published under the same lock as
     /// they are made, so a watcher sees them in the order they happened.
     feeds: Feeds,
 }
 
-struct Entry {
-    service_type: Arc<str>,
-    addr: SocketAddr,
-    /// Shared so that a query can copy it after releasing the lock.
-    metadata: Arc<Metadata>,
-    /// Gone from this instant on.
-    deadline: Instant,
-    /// Where the entry sits in `expirations`; never later than `deadline`.
-    filed: Instant,
-    last_heartbeat: DateTime<Utc>,
-}
-
-impl Entry {
-    fn instance(&self, id: Uuid) -> Instance {
-        Instance {
-            id,
-            service_type: self.service_type.to_string(),
-            ip: self.addr.ip(),
-            port: self.addr.port(),
-            metadata: Metadata::clone(&self.metadata),
-            last_heartbeat: self.last_heartbeat,
-        }
-    }
-}
-
 /// What the expiry task should do after a pass.
+#[derive(Debug, PartialEq, Eq)]
 enum Expiry {
     /// The batch ran out with entries still due: go again, after letting others in.
     More,
@@ -163,13 +166,14 @@ impl Registry {
             config.watch_queue,
             config.watch_window,
         );
+        let ttl = u64::try_from(config.ttl.min(MAX_TTL).as_nanos()).unwrap_or(u64::MAX);
         let shared = Arc::new(Shared {
-            ttl: config.ttl.min(MAX_TTL),
+            ttl,
+            clock: Clock::new(),
             config,
             state: Mutex::new(State {
-                entries: HashMap::new(),
-                types: HashMap::new(),
-                expirations: BTreeSet::new(),
+                ttl,
+                table: Table::new(),
                 feeds,
             }),
             wake_expiry: Arc::clone(&wake_expiry),
@@ -209,35 +213,33 @@ impl Registry {
         }
         validate_metadata(&metadata, config)?;
 
-        let addr = SocketAddr::new(ip, port);
-        let metadata = Arc::new(metadata);
         let id = Uuid::new_v4();
-        let last_heartbeat = Utc::now();
-        let now = Instant::now();
-        let deadline = now + self.shared.ttl;
+        let clock = self.shared.clock;
+        let now = clock.now();
+        let deadline = now.saturating_add(self.shared.ttl);
 
         let earliest = {
             let mut state = self.shared.lock();
-            if state.refusal(service_type, addr, config).is_some() {
-                state.expire_due(now, usize::MAX);
-                if let Some(refusal) = state.refusal(service_type, addr, config) {
+            let older = state.table.find_endpoint(service_type, ip, port);
+            if older.is_none() && state.refusal(service_type, config).is_some() {
+                state.expire_due(&clock, now, usize::MAX);
+                if let Some(refusal) = state.refusal(service_type, config) {
                     return Err(refusal);
                 }
             }
-            let service_type = state.insert(service_type, addr, id, deadline);
-            let entry = Entry {
-                service_type,
-                addr,
-                metadata,
-                deadline,
-                filed: deadline,
-                last_heartbeat,
-            };
-            state.feeds.publish(&entry.service_type, || {
-                ChangeEvent::Added(entry.instance(id))
+            // The endpoint may have been freed by the pass above: look again.
+            if let Some(older) = state.table.find_endpoint(service_type, ip, port) {
+                state.remove(&clock, older, RemoveReason::Replaced);
+            }
+            let index = state
+                .table
+                .insert(id, service_type, ip, port, metadata, deadline);
+            let State { table, feeds, ttl } = &mut *state;
+            let slot = table.slot(index);
+            feeds.publish(table.type_name(slot), || {
+                ChangeEvent::Added(instance(table, &clock, *ttl, slot))
             });
-            state.entries.insert(id, entry);
-            state.expirations.first() == Some(&(deadline, id))
+            state.table.is_earliest(deadline)
         };
         // Every other filed deadline is at most its own register's `now + ttl`, so the new
         // entry is rarely the earliest (in practice when the index was empty), and the task
@@ -251,81 +253,53 @@ impl Registry {
     /// Keeps an instance live for another TTL from now. False when the id is unknown or
     /// the instance has expired: it must register again.
     pub fn heartbeat(&self, id: Uuid) -> bool {
-        let last_heartbeat = Utc::now();
-        let now = Instant::now();
+        let clock = self.shared.clock;
+        let now = clock.now();
         let mut state = self.shared.lock();
-        match state.entries.get_mut(&id) {
-            Some(entry) if entry.deadline > now => {
-                // The index keeps the older deadline; the expiry task files the entry again
-                // when that one comes due.
-                entry.deadline = now + self.shared.ttl;
-                entry.last_heartbeat = last_heartbeat;
-                true
-            }
-            Some(_) => {
-                // Expired but not freed yet: free it now, the task would at this instant.
-                state.remove(id, RemoveReason::Expired);
-                false
-            }
-            None => false,
+        let Some(index) = state.table.find(&id) else {
+            return false;
+        };
+        let slot = state.table.slot_mut(index);
+        if slot.deadline > now {
+            // The wheel keeps the older deadline; the expiry task files the entry again
+            // when that one comes due.
+            slot.deadline = now.saturating_add(self.shared.ttl);
+            true
+        } else {
+            // Expired but not freed yet: free it now, the task would at this instant.
+            state.remove(&clock, index, RemoveReason::Expired);
+            false
         }
     }
 
     /// Removes an instance at once. False when the id is unknown or the instance has
     /// expired.
     pub fn deregister(&self, id: Uuid) -> bool {
-        let now = Instant::now();
+        let clock = self.shared.clock;
+        let now = clock.now();
         let mut state = self.shared.lock();
-        let Some(entry) = state.entries.get(&id) else {
+        let Some(index) = state.table.find(&id) else {
             return false;
         };
-        let live = entry.deadline > now;
+        let live = state.table.slot(index).deadline > now;
         let reason = if live {
             RemoveReason::Deregistered
         } else {
             RemoveReason::Expired
         };
-        state.remove(id, reason);
+        state.remove(&clock, index, reason);
         live
     }
 
     /// Every live instance of `service_type`, in no particular order.
     ///
     /// Its cost is proportional to the instances of that type, whatever the registry holds
-    /// besides; their metadata is copied after the lock is released.
+    /// besides.
     pub fn query(&self, service_type: &str) -> Vec<Instance> {
-        let now = Instant::now();
-        let live: Vec<_> = {
-            let state = self.shared.lock();
-            let Some(ids) = state.types.get(service_type) else {
-                return Vec::new();
-            };
-            ids.values()
-                .filter_map(|id| state.entries.get(id).map(|entry| (*id, entry)))
-                .filter(|(_, entry)| entry.deadline > now)
-                .map(|(id, entry)| {
-                    (
-                        id,
-                        Arc::clone(&entry.service_type),
-                        entry.addr,
-                        Arc::clone(&entry.metadata),
-                        entry.last_heartbeat,
-                    )
-                })
-                .collect()
-        };
-        live.into_iter()
-            .map(
-                |(id, service_type, addr, metadata, last_heartbeat)| Instance {
-                    id,
-                    service_type: service_type.to_string(),
-                    ip: addr.ip(),
-                    port: addr.port(),
-                    metadata: Metadata::clone(&metadata),
-                    last_heartbeat,
-                },
-            )
-            .collect()
+        let clock = self.shared.clock;
+        let now = clock.now();
+        let state = self.shared.lock();
+        state.instances(&clock, service_type, now)
     }
 
     /// Subscribes to the changes of `service_type`.
@@ -360,21 +334,24 @@ impl Registry {
         reset: bool,
     ) -> Result<Subscription, Error> {
         validate_service_type(service_type, &self.shared.config)?;
-        let now = Instant::now();
+        let clock = self.shared.clock;
+        let now = clock.now();
         let mut state = self.shared.lock();
         // Free what is due first, so that the snapshot and the changes agree on every
         // instance: none can be missing from both, or be removed without having been seen.
-        let _ = state.expire_due(now, usize::MAX);
-        let service_type: Arc<str> = match state.types.get_key_value(service_type) {
-            Some((interned, _)) => Arc::clone(interned),
+        let _ = state.expire_due(&clock, now, usize::MAX);
+        let service_type: Arc<str> = match state.table.interned(service_type) {
+            Some(interned) => Arc::clone(interned),
             None => Arc::from(service_type),
         };
-        let (start, changes) = state.feeds.subscribe(&service_type, since, now);
+        let (start, changes) = state
+            .feeds
+            .subscribe(&service_type, since, clock.instant(now));
         let start = match start {
             Ok(resume) => resume,
             Err(revision) => WatchStart::Snapshot {
                 revision,
-                instances: state.instances(&service_type, now),
+                instances: state.instances(&clock, &service_type, now),
                 reset,
             },
         };
@@ -399,7 +376,7 @@ impl Registry {
     /// The number of entries held in memory. An expired entry the expiry task has not freed
     /// yet still counts, so this shows when memory is freed rather than what is live.
     pub fn len(&self) -> usize {
-        self.shared.lock().entries.len()
+        self.shared.lock().table.len()
     }
 
     /// True when no entry is held in memory (see [`Registry::len`]).
@@ -424,25 +401,28 @@ impl Shared {
     }
 }
 
+/// The instance a slot holds, as a query lists it.
+fn instance(table: &Table, clock: &Clock, ttl: Nanos, slot: &Slot) -> Instance {
+    Instance {
+        id: slot.id,
+        service_type: table.type_name(slot).to_string(),
+        ip: slot.ip(),
+        port: slot.port,
+        metadata: slot.metadata().clone(),
+        last_heartbeat: clock.wall(slot.deadline.saturating_sub(ttl)),
+    }
+}
+
 impl State {
-    /// Why a register of `addr` under `service_type` would be refused by the caps, counting
-    /// every entry held (live or not yet freed).
-    fn refusal(
-        &self,
-        service_type: &str,
-        addr: SocketAddr,
-        config: &RegistryConfig,
-    ) -> Option<Error> {
-        let of_type = self.types.get(service_type);
-        if of_type.is_some_and(|ids| ids.contains_key(&addr)) {
-            return None;
-        }
-        if self.entries.len() >= config.max_instances {
+    /// Why a register of a new endpoint of `service_type` would be refused by the caps,
+    /// counting every entry held (live or not yet freed).
+    fn refusal(&self, service_type: &str, config: &RegistryConfig) -> Option<Error> {
+        if self.table.len() >= config.max_instances {
             return Some(Error::InstanceLimit {
                 max: config.max_instances,
             });
         }
-        if of_type.map_or(0, HashMap::len) >= config.max_instances_per_type {
+        if self.table.members(service_type).len() >= config.max_instances_per_type {
             return Some(Error::TypeLimit {
                 service_type: service_type.to_owned(),
                 max: config.max_instances_per_type,
@@ -451,104 +431,61 @@ impl State {
         None
     }
 
-    /// Files `id` under its type and endpoint and in the deadline index, replacing the entry
-    /// that held the endpoint, and returns the interned type name for the new entry.
-    fn insert(
-        &mut self,
-        service_type: &str,
-        addr: SocketAddr,
-        id: Uuid,
-        deadline: Instant,
-    ) -> Arc<str> {
-        let older = self
-            .types
-            .get(service_type)
-            .and_then(|ids| ids.get(&addr))
-            .copied();
-        if let Some(older) = older {
-            self.remove(older, RemoveReason::Replaced);
-        }
-        let service_type = match self.types.get_key_value(service_type) {
-            Some((interned, _)) => Arc::clone(interned),
-            None => Arc::from(service_type),
-        };
-        self.types
-            .entry(Arc::clone(&service_type))
-            .or_default()
-            .insert(addr, id);
-        self.expirations.insert((deadline, id));
-        service_type
-    }
-
-    /// Frees an entry from every index, and tells its type's watchers why it went.
-    fn remove(&mut self, id: Uuid, reason: RemoveReason) -> Option<Entry> {
-        let entry = self.entries.remove(&id)?;
-        self.expirations.remove(&(entry.filed, id));
-        if let Some(ids) = self.types.get_mut(&entry.service_type) {
-            ids.remove(&entry.addr);
-            if ids.is_empty() {
-                self.types.remove(&entry.service_type);
-            }
-        }
-        self.feeds.publish(&entry.service_type, || {
-            ChangeEvent::Removed(entry.instance(id), reason)
+    /// Frees an entry, and tells its type's watchers why it went.
+    fn remove(&mut self, clock: &Clock, index: u32, reason: RemoveReason) {
+        let removed = self.table.remove(index);
+        let ttl = self.ttl;
+        let service_type = Arc::clone(&removed.service_type);
+        self.feeds.publish(&service_type, || {
+            ChangeEvent::Removed(removed_instance(removed, clock, ttl), reason)
         });
-        Some(entry)
     }
 
-    /// The live instances of a type, built under the lock (a watch's snapshot must be taken
-    /// in the same step as its subscription).
-    fn instances(&self, service_type: &str, now: Instant) -> Vec<Instance> {
-        let Some(ids) = self.types.get(service_type) else {
-            return Vec::new();
-        };
-        ids.values()
-            .filter_map(|id| self.entries.get(id).map(|entry| (id, entry)))
-            .filter(|(_, entry)| entry.deadline > now)
-            .map(|(id, entry)| entry.instance(*id))
+    /// The live instances of a type.
+    fn instances(&self, clock: &Clock, service_type: &str, now: Nanos) -> Vec<Instance> {
+        self.table
+            .members(service_type)
+            .iter()
+            .map(|&index| self.table.slot(index))
+            .filter(|slot| slot.deadline > now)
+            .map(|slot| instance(&self.table, clock, self.ttl, slot))
             .collect()
     }
 
-    /// Handles up to `budget` filed deadlines that are due at `now` (freeing the entries
-    /// that have expired and filing the others again under their real deadline), and
-    /// forgets the watch feeds whose window has passed.
-    fn expire_due(&mut self, now: Instant, budget: usize) -> Expiry {
-        let next_forget = self.feeds.forget_due(now);
-        match (self.expire_entries(now, budget), next_forget) {
-            (Expiry::More, _) => Expiry::More,
-            (Expiry::Idle, None) => Expiry::Idle,
-            (Expiry::Idle, Some(at)) => Expiry::Until(at),
-            (Expiry::Until(at), None) => Expiry::Until(at),
-            (Expiry::Until(at), Some(other)) => Expiry::Until(at.min(other)),
+    /// Frees the entries due at `now` (at most `budget` of them) and forgets the watch
+    /// feeds whose window has passed; says when to come back.
+    fn expire_due(&mut self, clock: &Clock, now: Nanos, budget: usize) -> Expiry {
+        let next_forget = self.feeds.forget_due(clock.instant(now));
+        let State { table, feeds, ttl } = self;
+        let due = table.expire_due(now, budget, |table, index| {
+            let removed = table.remove(index);
+            let service_type = Arc::clone(&removed.service_type);
+            feeds.publish(&service_type, || {
+                ChangeEvent::Removed(
+                    removed_instance(removed, clock, *ttl),
+                    RemoveReason::Expired,
+                )
+            });
+        });
+        match (due, next_forget) {
+            (Due::More, _) => Expiry::More,
+            (Due::Idle, None) => Expiry::Idle,
+            (Due::Idle, Some(at)) => Expiry::Until(at),
+            (Due::Until(at), None) => Expiry::Until(clock.instant(at)),
+            (Due::Until(at), Some(other)) => Expiry::Until(clock.instant(at).min(other)),
         }
     }
+}
 
-    fn expire_entries(&mut self, now: Instant, budget: usize) -> Expiry {
-        for _ in 0..budget {
-            let Some(&(filed, id)) = self.expirations.first() else {
-                return Expiry::Idle;
-            };
-            if filed > now {
-                return Expiry::Until(filed);
-            }
-            self.expirations.pop_first();
-            let Some(entry) = self.entries.get_mut(&id) else {
-                // Cannot happen: `remove` takes an entry out of the index with its data.
-                continue;
-            };
-            if entry.deadline > now {
-                entry.filed = entry.deadline;
-                self.expirations.insert((entry.deadline, id));
-            } else {
-                // Already out of the index; `remove` finds nothing there to take.
-                self.remove(id, RemoveReason::Expired);
-            }
-        }
-        match self.expirations.first() {
-            Some(&(filed, _)) if filed <= now => Expiry::More,
-            Some(&(filed, _)) => Expiry::Until(filed),
-            None => Expiry::Idle,
-        }
+/// An entry taken out of the table, as the instance it was.
+fn removed_instance(removed: Removed, clock: &Clock, ttl: Nanos) -> Instance {
+    Instance {
+        id: removed.id,
+        service_type: removed.service_type.to_string(),
+        ip: removed.ip,
+        port: removed.port,
+        metadata: removed.metadata.map(|m| *m).unwrap_or_default(),
+        last_heartbeat: clock.wall(removed.deadline.saturating_sub(ttl)),
     }
 }
 
@@ -557,7 +494,10 @@ impl State {
 async fn expire(shared: Weak<Shared>, wake: Arc<Notify>) {
     loop {
         let next = match shared.upgrade() {
-            Some(shared) => shared.lock().expire_due(Instant::now(), EXPIRY_BATCH),
+            Some(shared) => {
+                let clock = shared.clock;
+                shared.lock().expire_due(&clock, clock.now(), EXPIRY_BATCH)
+            }
             None => return,
         };
         match next {
@@ -681,28 +621,20 @@ mod tests {
             .expect("valid and under the caps")
     }
 
-    /// Every entry filed exactly once, never later than its deadline; every entry under its
-    /// type and endpoint, sharing the type's interned name; no empty type.
     fn assert_consistent(registry: &Registry) {
-        let state = registry.shared.lock();
-        assert_eq!(state.expirations.len(), state.entries.len());
-        for (id, entry) in &state.entries {
-            assert!(state.expirations.contains(&(entry.filed, *id)));
-            assert!(entry.filed <= entry.deadline);
-            let (name, ids) = state
-                .types
-                .get_key_value(&*entry.service_type)
-                .expect("type indexed");
-            assert!(Arc::ptr_eq(name, &entry.service_type));
-            assert_eq!(ids.get(&entry.addr), Some(id));
-        }
-        let indexed: usize = state.types.values().map(HashMap::len).sum();
-        assert_eq!(indexed, state.entries.len());
-        assert!(state.types.values().all(|ids| !ids.is_empty()));
+        registry.shared.lock().table.assert_consistent();
     }
 
     fn type_count(registry: &Registry) -> usize {
-        registry.shared.lock().types.len()
+        registry.shared.lock().table.type_count()
+    }
+
+    fn expire_due(registry: &Registry, budget: usize) -> Expiry {
+        let clock = registry.shared.clock;
+        registry
+            .shared
+            .lock()
+            .expire_due(&clock, clock.now(), budget)
     }
 
     #[tokio::test(start_paused = true)]
@@ -729,13 +661,27 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // a1_again expired; a2 was filed again under its new deadline.
-        assert_consistent(&registry);
         assert!(!registry.heartbeat(a1_again));
         assert_eq!(registry.len(), 1);
 
         assert!(registry.deregister(a2));
-        assert_consistent(&registry);
         assert_eq!(type_count(&registry), 0);
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_and_types_are_reused() {
+        let registry = Registry::new(config());
+        for round in 0..50 {
+            let a = register(&registry, "a", 1);
+            let b = register(&registry, if round % 2 == 0 { "b" } else { "c" }, 2);
+            assert_consistent(&registry);
+            assert!(registry.deregister(a));
+            assert!(registry.deregister(b));
+            assert_consistent(&registry);
+        }
+        let state = registry.shared.lock();
+        assert!(state.table.slot_count() <= 2, "freed slots are reused");
     }
 
     #[tokio::test(start_paused = true)]
@@ -746,9 +692,9 @@ mod tests {
         advance(TTL - Duration::from_millis(1)).await;
         assert!(registry.heartbeat(stays));
         advance(Duration::from_millis(1)).await;
-        let now = Instant::now();
-        let next = registry.shared.lock().expire_due(now, usize::MAX);
-        assert!(matches!(next, Expiry::Until(at) if at == now + TTL - Duration::from_millis(1)));
+        let next = expire_due(&registry, usize::MAX);
+        let expected = Instant::now() + TTL - Duration::from_millis(1);
+        assert_eq!(next, Expiry::Until(expected));
         assert!(!registry.heartbeat(goes));
         assert_eq!(registry.len(), 1);
         assert_consistent(&registry);
@@ -764,20 +710,11 @@ mod tests {
             register(&registry, "a", last);
         }
         advance(TTL).await;
-        let now = Instant::now();
-        assert!(matches!(
-            registry.shared.lock().expire_due(now, 2),
-            Expiry::More
-        ));
+        assert_eq!(expire_due(&registry, 2), Expiry::More);
         assert_eq!(registry.len(), 3);
-        assert!(matches!(
-            registry.shared.lock().expire_due(now, 2),
-            Expiry::More
-        ));
-        assert!(matches!(
-            registry.shared.lock().expire_due(now, 2),
-            Expiry::Idle
-        ));
+        assert_consistent(&registry);
+        assert_eq!(expire_due(&registry, 2), Expiry::More);
+        assert_eq!(expire_due(&registry, 2), Expiry::Idle);
         assert!(registry.is_empty());
         assert_consistent(&registry);
     }
@@ -826,6 +763,18 @@ mod tests {
         assert_eq!(registry.query("a")[0].id, new);
         assert_eq!(registry.len(), 1);
         assert_consistent(&registry);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wall_clock_time_is_the_register_or_the_heartbeat() {
+        let registry = Registry::new(config());
+        let start = registry.shared.clock.wall_epoch;
+        let id = register(&registry, "a", 1);
+        assert_eq!(registry.query("a")[0].last_heartbeat, start);
+        advance(Duration::from_millis(1500)).await;
+        assert!(registry.heartbeat(id));
+        let shown = registry.query("a")[0].last_heartbeat;
+        assert_eq!(shown - start, chrono::TimeDelta::milliseconds(1500));
     }
 }
 

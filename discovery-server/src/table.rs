@@ -1,0 +1,498 @@
+//! The instance table: the registry's entries in compact slots, and the indexes over them.
+//!
+//! Memory per live instance is what decides how many instances one server holds, so every
+//! entry is one 64-byte slot in a slab, and every index holds 4-byte slot numbers rather
+//! than copies of keys:
+//!
+//! - `slots`: the entries, reused through a free list; a slot's `generation` changes each
+//!   time it is freed, so that a stale reference to it is recognised.
+//! - `by_id`: id → slot, a `hashbrown::HashTable` of slot numbers hashed by the id. Ids are
+//!   random v4 UUIDs made by the server, so their first 8 bytes are already a good hash.
+//! - `by_endpoint`: (type, ip, port) → slot, for replacement; hashed with a keyed hasher,
+//!   since endpoints are chosen by peers.
+//! - `types`: per type, its interned name and the slot numbers of its instances, so that a
+//!   query visits only that type.
+//! - `wheel`: the deadline index, buckets of (slot, generation) by millisecond. An entry is
+//!   filed once per TTL at most: a heartbeat only moves the deadline in the slot, and the
+//!   bucket, when it comes due, frees the entry or files it again under its real deadline.
+//!   A deregistered slot is not looked for in the wheel; its stale reference is skipped when
+//!   its bucket comes due.
+//!
+//! Times are nanoseconds since the registry's epoch (a `tokio::time::Instant`), so that
+//! liveness is exact; buckets round deadlines up to the millisecond.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use discovery_proto::Metadata;
+use hashbrown::HashTable;
+use uuid::Uuid;
+
+/// Nanoseconds since the registry's epoch.
+pub(crate) type Nanos = u64;
+
+/// The width of a deadline bucket, in nanoseconds (1 ms).
+const TICK: Nanos = 1_000_000;
+
+/// The slot number that means "none" in the free list.
+const NO_SLOT: u32 = u32::MAX;
+
+/// One entry, or a free slot.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: Uuid,
+    /// Gone from this instant on.
+    pub(crate) deadline: Nanos,
+    /// `None` for the common case of no metadata, which then costs no allocation.
+    metadata: Option<Box<Metadata>>,
+    /// An IPv4 address in its first 4 bytes when `v4`, else an IPv6 address.
+    ip: [u8; 16],
+    type_index: u32,
+    /// Where this slot sits in its type's members, or the next free slot when free.
+    position: u32,
+    generation: u32,
+    pub(crate) port: u16,
+    v4: bool,
+    occupied: bool,
+}
+
+impl Slot {
+    pub(crate) fn ip(&self) -> IpAddr {
+        if self.v4 {
+            IpAddr::from([self.ip[0], self.ip[1], self.ip[2], self.ip[3]])
+        } else {
+            IpAddr::from(self.ip)
+        }
+    }
+
+    pub(crate) fn metadata(&self) -> &Metadata {
+        static EMPTY: Metadata = Metadata::new();
+        self.metadata.as_deref().unwrap_or(&EMPTY)
+    }
+
+    /// True when this slot holds the entry of `endpoint`.
+    fn is(&self, endpoint: &Endpoint) -> bool {
+        self.occupied
+            && self.type_index == endpoint.type_index
+            && self.port == endpoint.port
+            && self.v4 == endpoint.v4
+            && self.ip == endpoint.ip
+    }
+}
+
+/// An entry taken out of the table.
+#[derive(Debug)]
+pub(crate) struct Removed {
+    pub(crate) id: Uuid,
+    pub(crate) service_type: Arc<str>,
+    pub(crate) ip: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) metadata: Option<Box<Metadata>>,
+    pub(crate) deadline: Nanos,
+}
+
+/// A type and its instances. A type with no members is free, to be reused.
+#[derive(Debug)]
+struct Type {
+    name: Arc<str>,
+    members: Vec<u32>,
+}
+
+/// The key of the endpoint index.
+#[derive(Debug, Hash)]
+struct Endpoint {
+    type_index: u32,
+    ip: [u8; 16],
+    v4: bool,
+    port: u16,
+}
+
+impl Endpoint {
+    fn new(type_index: u32, ip: IpAddr, port: u16) -> Self {
+        let (ip, v4) = match ip {
+            IpAddr::V4(v4) => {
+                let mut bytes = [0; 16];
+                bytes[..4].copy_from_slice(&v4.octets());
+                (bytes, true)
+            }
+            IpAddr::V6(v6) => (v6.octets(), false),
+        };
+        Self {
+            type_index,
+            ip,
+            v4,
+            port,
+        }
+    }
+}
+
+/// What an expiry pass found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// The budget ran out with entries still due.
+    More,
+    /// Nothing is due before this instant.
+    Until(Nanos),
+    /// Nothing is filed.
+    Idle,
+}
+
+/// The entries and their indexes.
+#[derive(Debug)]
+pub(crate) struct Table {
+    slots: Vec<Slot>,
+    free: u32,
+    len: usize,
+    by_id: HashTable<u32>,
+    by_endpoint: HashTable<u32>,
+    endpoint_hasher: std::collections::hash_map::RandomState,
+    types: Vec<Type>,
+    type_index: HashMap<Arc<str>, u32>,
+    free_types: Vec<u32>,
+    /// The name of a free type: one allocation shared by all of them.
+    unnamed: Arc<str>,
+    wheel: BTreeMap<u64, Vec<(u32, u32)>>,
+}
+
+fn id_hash(id: &Uuid) -> u64 {
+    let bytes = id.as_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+fn tick_of(deadline: Nanos) -> u64 {
+    deadline.div_ceil(TICK)
+}
+
+impl Table {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: NO_SLOT,
+            len: 0,
+            by_id: HashTable::new(),
+            by_endpoint: HashTable::new(),
+            endpoint_hasher: Default::default(),
+            types: Vec::new(),
+            type_index: HashMap::new(),
+            free_types: Vec::new(),
+            unnamed: Arc::from(""),
+            wheel: BTreeMap::new(),
+        }
+    }
+
+    /// The number of entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn slot(&self, index: u32) -> &Slot {
+        &self.slots[index as usize]
+    }
+
+    pub(crate) fn slot_mut(&mut self, index: u32) -> &mut Slot {
+        &mut self.slots[index as usize]
+    }
+
+    /// The interned name of the type of a slot.
+    pub(crate) fn type_name(&self, slot: &Slot) -> &Arc<str> {
+        &self.types[slot.type_index as usize].name
+    }
+
+    /// The interned name of `service_type`, if it has instances.
+    pub(crate) fn interned(&self, service_type: &str) -> Option<&Arc<str>> {
+        self.type_index
+            .get_key_value(service_type)
+            .map(|(name, _)| name)
+    }
+
+    /// The slot of `id`.
+    pub(crate) fn find(&self, id: &Uuid) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_id
+            .find(id_hash(id), |&index| {
+                let slot = &slots[index as usize];
+                slot.occupied && slot.id == *id
+            })
+            .copied()
+    }
+
+    /// The slot of the entry of (`service_type`, `ip`, `port`).
+    pub(crate) fn find_endpoint(&self, service_type: &str, ip: IpAddr, port: u16) -> Option<u32> {
+        let type_index = *self.type_index.get(service_type)?;
+        let endpoint = Endpoint::new(type_index, ip, port);
+        let slots = &self.slots;
+        self.by_endpoint
+            .find(self.endpoint_hasher.hash_one(&endpoint), |&index| {
+                slots[index as usize].is(&endpoint)
+            })
+            .copied()
+    }
+
+    /// The slots of the instances of `service_type`, live or not yet freed.
+    pub(crate) fn members(&self, service_type: &str) -> &[u32] {
+        match self.type_index.get(service_type) {
+            Some(&index) => &self.types[index as usize].members,
+            None => &[],
+        }
+    }
+
+    /// Adds an entry; the endpoint must not be in the table already.
+    pub(crate) fn insert(
+        &mut self,
+        id: Uuid,
+        service_type: &str,
+        ip: IpAddr,
+        port: u16,
+        metadata: Metadata,
+        deadline: Nanos,
+    ) -> u32 {
+        let type_index = self.intern(service_type);
+        let endpoint = Endpoint::new(type_index, ip, port);
+        let members = &mut self.types[type_index as usize].members;
+        let position = members.len() as u32;
+        let slot = Slot {
+            id,
+            deadline,
+            metadata: (!metadata.is_empty()).then(|| Box::new(metadata)),
+            ip: endpoint.ip,
+            type_index,
+            position,
+            generation: 0,
+            port,
+            v4: endpoint.v4,
+            occupied: true,
+        };
+        let index = if self.free == NO_SLOT {
+            self.slots.push(slot);
+            (self.slots.len() - 1) as u32
+        } else {
+            let index = self.free;
+            let reused = &mut self.slots[index as usize];
+            self.free = reused.position;
+            let generation = reused.generation;
+            *reused = Slot { generation, ..slot };
+            index
+        };
+        members.push(index);
+        self.len += 1;
+
+        let slots = &self.slots;
+        self.by_id
+            .insert_unique(id_hash(&id), index, |&i| id_hash(&slots[i as usize].id));
+        let hasher = &self.endpoint_hasher;
+        self.by_endpoint
+            .insert_unique(hasher.hash_one(&endpoint), index, |&i| {
+                let slot = &slots[i as usize];
+                hasher.hash_one(Endpoint {
+                    type_index: slot.type_index,
+                    ip: slot.ip,
+                    v4: slot.v4,
+                    port: slot.port,
+                })
+            });
+        self.file(index, deadline);
+        index
+    }
+
+    /// Takes an entry out of every index and frees its slot.
+    pub(crate) fn remove(&mut self, index: u32) -> Removed {
+        let slot = &self.slots[index as usize];
+        let id = slot.id;
+        let endpoint = Endpoint {
+            type_index: slot.type_index,
+            ip: slot.ip,
+            v4: slot.v4,
+            port: slot.port,
+        };
+        let (type_index, position) = (slot.type_index, slot.position);
+        if let Ok(entry) = self.by_id.find_entry(id_hash(&id), |&i| i == index) {
+            entry.remove();
+        }
+        if let Ok(entry) = self
+            .by_endpoint
+            .find_entry(self.endpoint_hasher.hash_one(&endpoint), |&i| i == index)
+        {
+            entry.remove();
+        }
+        let members = &mut self.types[type_index as usize].members;
+        members.swap_remove(position as usize);
+        if let Some(&moved) = members.get(position as usize) {
+            self.slots[moved as usize].position = position;
+        }
+        let service_type = self.type_name(&self.slots[index as usize]).clone();
+        if self.types[type_index as usize].members.is_empty() {
+            self.forget_type(type_index);
+        }
+
+        let slot = &mut self.slots[index as usize];
+        let removed = Removed {
+            id,
+            service_type,
+            ip: slot.ip(),
+            port: slot.port,
+            metadata: slot.metadata.take(),
+            deadline: slot.deadline,
+        };
+        slot.occupied = false;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.position = self.free;
+        self.free = index;
+        self.len -= 1;
+        removed
+    }
+
+    /// Files a slot in the wheel under `deadline`.
+    pub(crate) fn file(&mut self, index: u32, deadline: Nanos) {
+        let generation = self.slots[index as usize].generation;
+        self.wheel
+            .entry(tick_of(deadline))
+            .or_default()
+            .push((index, generation));
+    }
+
+    /// Handles the buckets due at `now`, up to `budget` references: entries whose deadline
+    /// has passed are given to `expired` (which must remove them), the others are filed
+    /// again under their real deadline, and stale references are dropped.
+    pub(crate) fn expire_due(
+        &mut self,
+        now: Nanos,
+        mut budget: usize,
+        mut expired: impl FnMut(&mut Self, u32),
+    ) -> Due {
+        loop {
+            let Some(entry) = self.wheel.first_entry() else {
+                return Due::Idle;
+            };
+            let tick = *entry.key();
+            if tick.saturating_mul(TICK) > now {
+                return Due::Until(tick.saturating_mul(TICK));
+            }
+            let bucket = entry.remove();
+            let mut references = bucket.into_iter();
+            for (index, generation) in references.by_ref() {
+                let slot = &self.slots[index as usize];
+                if !slot.occupied || slot.generation != generation {
+                    continue;
+                }
+                let deadline = slot.deadline;
+                if deadline <= now {
+                    expired(self, index);
+                } else {
+                    self.file(index, deadline);
+                }
+                budget = budget.saturating_sub(1);
+                if budget == 0 {
+                    break;
+                }
+            }
+            let rest: Vec<_> = references.collect();
+            if !rest.is_empty() {
+                self.wheel.entry(tick).or_default().extend(rest);
+                return Due::More;
+            }
+            if budget == 0 {
+                return match self.wheel.first_key_value() {
+                    Some((&tick, _)) if tick.saturating_mul(TICK) <= now => Due::More,
+                    Some((&tick, _)) => Due::Until(tick.saturating_mul(TICK)),
+                    None => Due::Idle,
+                };
+            }
+        }
+    }
+
+    fn intern(&mut self, service_type: &str) -> u32 {
+        if let Some(&index) = self.type_index.get(service_type) {
+            return index;
+        }
+        let name: Arc<str> = Arc::from(service_type);
+        let index = match self.free_types.pop() {
+            Some(index) => {
+                self.types[index as usize].name = Arc::clone(&name);
+                index
+            }
+            None => {
+                self.types.push(Type {
+                    name: Arc::clone(&name),
+                    members: Vec::new(),
+                });
+                (self.types.len() - 1) as u32
+            }
+        };
+        self.type_index.insert(name, index);
+        index
+    }
+
+    fn forget_type(&mut self, index: u32) {
+        let entry = &mut self.types[index as usize];
+        self.type_index.remove(&entry.name);
+        // Give the memory back: a long name, and the list of a type that was large.
+        entry.name = Arc::clone(&self.unnamed);
+        entry.members = Vec::new();
+        self.free_types.push(index);
+    }
+
+    /// Checks that every index agrees with the slots (for tests).
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        let occupied: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&i| self.slots[i as usize].occupied)
+            .collect();
+        assert_eq!(occupied.len(), self.len);
+        assert_eq!(self.by_id.len(), self.len);
+        assert_eq!(self.by_endpoint.len(), self.len);
+        let members: usize = self.types.iter().map(|t| t.members.len()).sum();
+        assert_eq!(members, self.len);
+        for &index in &occupied {
+            let slot = &self.slots[index as usize];
+            assert_eq!(self.find(&slot.id), Some(index));
+            let name = self.type_name(slot);
+            assert_eq!(self.find_endpoint(name, slot.ip(), slot.port), Some(index));
+            let ty = &self.types[slot.type_index as usize];
+            assert_eq!(ty.members[slot.position as usize], index);
+            let filed = self
+                .wheel
+                .values()
+                .flatten()
+                .filter(|&&(i, g)| i == index && g == slot.generation)
+                .count();
+            assert_eq!(filed, 1, "slot {index} filed once");
+            let earliest = self
+                .wheel
+                .iter()
+                .find(|(_, refs)| refs.contains(&(index, slot.generation)))
+                .map(|(&tick, _)| tick);
+            assert!(earliest.is_some_and(|tick| tick <= tick_of(slot.deadline)));
+        }
+        for (index, ty) in self.types.iter().enumerate() {
+            let indexed = self.type_index.get(&ty.name) == Some(&(index as u32));
+            assert_eq!(
+                indexed,
+                !ty.members.is_empty(),
+                "type {index} indexed iff it has members"
+            );
+        }
+        let live_types = self.types.iter().filter(|t| !t.members.is_empty()).count();
+        assert_eq!(self.type_index.len(), live_types);
+    }
+
+    /// The number of slots, occupied or free (for tests).
+    #[cfg(test)]
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when `deadline` falls in the earliest bucket of the wheel.
+    pub(crate) fn is_earliest(&self, deadline: Nanos) -> bool {
+        self.wheel.first_key_value().map(|(&tick, _)| tick) == Some(tick_of(deadline))
+    }
+
+    /// The number of types with instances (for tests).
+    #[cfg(test)]
+    pub(crate) fn type_count(&self) -> usize {
+        self.type_index.len()
+    }
+}
