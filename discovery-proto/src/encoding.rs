@@ -35,9 +35,6 @@ const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
 /// in a frame with this much around it.
 const INSTANCES_FRAME_OVERHEAD: usize = 40;
 
-/// How much longer a vector's length varint can be than the one byte of an empty vector's.
-const MAX_LENGTH_GROWTH: usize = 8;
-
 /// A message that travels as one frame: [`ClientFrame`](crate::ClientFrame) or
 /// [`ServerFrame`]. Both start with their request id.
 pub trait Frame: Serialize + DeserializeOwned {
@@ -67,6 +64,13 @@ pub fn encode<F: Frame>(frame: &F) -> Result<Vec<u8>, Error> {
 /// Appends the payload of `frame` to `out`, without an intermediate buffer.
 pub fn encode_into<F: Frame, W: Write>(frame: &F, out: &mut W) -> Result<usize, Error> {
     bincode::serde::encode_into_std_write(frame, out, CONFIG)
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Appends the encoding of any value of the protocol (a part of a message) to `out`; the
+/// pieces of a message written one by one add up to the message's encoding.
+pub fn encode_value_into<T: Serialize, W: Write>(value: &T, out: &mut W) -> Result<usize, Error> {
+    bincode::serde::encode_into_std_write(value, out, CONFIG)
         .map_err(|e| Error::Encode(e.to_string()))
 }
 
@@ -120,37 +124,154 @@ pub fn instance_frames(
 
 /// Splits instances into as many frames as `max_frame_bytes` requires, each built by
 /// `envelope(part, more)`: `Instances` for a query, `Snapshot` for a watch.
+///
+/// The frames are those an [`InstancesWriter`] writes, decoded: one implementation
+/// decides where a frame ends.
 pub fn split_instances(
     request_id: RequestId,
     instances: Vec<Instance>,
     max_frame_bytes: usize,
     envelope: impl Fn(Vec<Instance>, bool) -> Response,
 ) -> Result<Vec<ServerFrame>, Error> {
-    let budget = max_frame_bytes.min(MAX_FRAME_BYTES);
-    // The envelope's own size, with room for the vector's length to grow.
-    let overhead = encoded_len(&ServerFrame::new(request_id, envelope(Vec::new(), true)))
-        .saturating_add(MAX_LENGTH_GROWTH);
-    let mut frames = Vec::new();
-    let mut part = Vec::new();
-    let mut used = overhead;
-    for instance in instances {
-        let len = encoded_len(&instance);
-        if overhead + len > budget {
-            return Err(Error::FrameTooLarge {
-                len: overhead + len,
-                max: budget,
-            });
-        }
-        if used + len > budget {
-            let full = std::mem::take(&mut part);
-            frames.push(ServerFrame::new(request_id, envelope(full, true)));
-            used = overhead;
-        }
-        used += len;
-        part.push(instance);
+    let mut bytes = Vec::new();
+    let mut writer = InstancesWriter::new(&mut bytes, request_id, max_frame_bytes, envelope)?;
+    for instance in &instances {
+        writer.push(instance)?;
     }
-    frames.push(ServerFrame::new(request_id, envelope(part, false)));
+    writer.finish();
+    let mut frames = Vec::new();
+    let mut rest = bytes.as_slice();
+    while let Some((head, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*head) as usize;
+        let (payload, tail) = tail.split_at(len.min(tail.len()));
+        frames.push(decode(payload)?);
+        rest = tail;
+    }
     Ok(frames)
+}
+
+/// Room for the instance count of a frame: a varint of at most 3 bytes (`fb` and a u16),
+/// since no instance encodes to fewer than 27 bytes and no frame holds more than 64 KiB.
+const COUNT_ROOM: usize = 3;
+
+/// Writes the answer of a query (or the snapshot of a watch) as whole frames, length
+/// prefix included, straight into an output buffer, one instance at a time: a server
+/// encodes from its own storage (an [`InstanceRef`](crate::InstanceRef) per instance)
+/// without building the answer first, and each instance is encoded once.
+///
+/// A frame is closed when the next instance would take it over `max_frame_bytes`; its
+/// instance count, unknown until then, is written into room kept for it.
+///
+/// ```
+/// use discovery_proto::{Response, encoding::InstancesWriter};
+///
+/// let mut out = Vec::new();
+/// let writer = InstancesWriter::new(&mut out, 7, 65536, |instances, more| {
+///     Response::Instances { instances, more }
+/// })?;
+/// writer.finish();
+/// // The length prefix, then id 7, Instances (4), no instances, `more` false.
+/// assert_eq!(out, [0, 0, 0, 4, 7, 4, 0, 0]);
+/// # Ok::<(), discovery_proto::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct InstancesWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// The payload of every frame up to its instance count.
+    prefix: Vec<u8>,
+    max: usize,
+    /// Where the current frame's length prefix is in `out`.
+    frame: usize,
+    count: usize,
+}
+
+impl<'a> InstancesWriter<'a> {
+    /// Starts an answer to `request_id` in frames built by `envelope`, whose instances and
+    /// `more` must be its last two fields (as in `Instances` and `Snapshot`).
+    pub fn new(
+        out: &'a mut Vec<u8>,
+        request_id: RequestId,
+        max_frame_bytes: usize,
+        envelope: impl Fn(Vec<Instance>, bool) -> Response,
+    ) -> Result<Self, Error> {
+        let template = encode(&ServerFrame::new(request_id, envelope(Vec::new(), false)))?;
+        // An empty list is the count 0, and `more` false is 0: both last.
+        let Some(prefix) = template.strip_suffix(&[0, 0]) else {
+            return Err(Error::Encode(
+                "the envelope must end with its instances and `more`".into(),
+            ));
+        };
+        let mut writer = Self {
+            out,
+            prefix: prefix.to_vec(),
+            max: max_frame_bytes.min(MAX_FRAME_BYTES),
+            frame: 0,
+            count: 0,
+        };
+        writer.open();
+        Ok(writer)
+    }
+
+    /// Appends one instance: anything that encodes as an [`Instance`] does.
+    ///
+    /// Fails with [`Error::FrameTooLarge`], writing nothing, when the instance would not
+    /// fit in a frame alone; the answer can go on without it.
+    pub fn push<T: Serialize>(&mut self, instance: &T) -> Result<(), Error> {
+        let start = self.out.len();
+        if let Err(e) = encode_value_into(instance, &mut *self.out) {
+            self.out.truncate(start);
+            return Err(e);
+        }
+        // The payload with `more` (1 byte) still to come.
+        let len = self.out.len() - self.frame - 4 + 1;
+        if len > self.max || self.count == usize::from(u16::MAX) {
+            let instance = self.out.split_off(start);
+            let alone = 4 + self.prefix.len() + COUNT_ROOM + instance.len() + 1;
+            if self.count == 0 || alone - 4 > self.max {
+                return Err(Error::FrameTooLarge {
+                    len: alone - 4,
+                    max: self.max,
+                });
+            }
+            self.close(true);
+            self.open();
+            self.out.extend_from_slice(&instance);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Closes the last frame.
+    pub fn finish(mut self) {
+        self.close(false);
+    }
+
+    fn open(&mut self) {
+        self.frame = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        self.out.extend_from_slice(&self.prefix);
+        self.out.extend_from_slice(&[0; COUNT_ROOM]);
+        self.count = 0;
+    }
+
+    fn close(&mut self, more: bool) {
+        self.out.push(u8::from(more));
+        let at = self.frame + 4 + self.prefix.len();
+        // The shortest form of the count, as the encoder would write it.
+        if self.count < 251 {
+            self.out[at] = self.count as u8;
+            let end = self.out.len();
+            self.out.copy_within(at + COUNT_ROOM..end, at + 1);
+            self.out.truncate(end - (COUNT_ROOM - 1));
+        } else {
+            self.out[at] = 251;
+            let count = u16::try_from(self.count).unwrap_or(u16::MAX);
+            self.out[at + 1..at + 3].copy_from_slice(&count.to_le_bytes());
+        }
+        // At most MAX_FRAME_BYTES, so it fits in u32.
+        let len = (self.out.len() - self.frame - 4) as u32;
+        self.out[self.frame..self.frame + 4].copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 /// The encoded size of `instance` inside an `Instances` frame, with that frame's overhead:

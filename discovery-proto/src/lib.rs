@@ -32,8 +32,8 @@ pub mod message;
 
 pub use error::Error;
 pub use message::{
-    ClientFrame, ErrorKind, Instance, Limits, Metadata, RemoveReason, Request, RequestId, Response,
-    Revision, ServerFrame,
+    ClientFrame, ErrorKind, Instance, InstanceRef, Limits, Metadata, RemoveReason, Request,
+    RequestId, Response, Revision, ServerFrame,
 };
 
 /// The version of the protocol this crate speaks, sent in `Hello` and `Welcome`.

@@ -309,6 +309,25 @@ pub struct Limits {
     pub max_metadata_value_bytes: u32,
 }
 
+/// An instance borrowed from wherever a server keeps it, which encodes to exactly the bytes
+/// of the [`Instance`] with the same fields: a server writes query answers from its own
+/// storage with it, without building an `Instance` per answer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct InstanceRef<'a> {
+    /// See [`Instance::id`].
+    pub id: Uuid,
+    /// See [`Instance::service_type`].
+    pub service_type: &'a str,
+    /// See [`Instance::ip`].
+    pub ip: IpAddr,
+    /// See [`Instance::port`].
+    pub port: u16,
+    /// See [`Instance::metadata`].
+    pub metadata: &'a Metadata,
+    /// [`Instance::last_heartbeat`] as it travels: milliseconds since the Unix epoch.
+    pub last_heartbeat_ms: i64,
+}
+
 /// A live instance, as a query lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

@@ -5,7 +5,7 @@ mod common;
 
 use common::{client_frame, instance, server_frame};
 use discovery_proto::encoding;
-use discovery_proto::{ClientFrame, Response, ServerFrame};
+use discovery_proto::{ClientFrame, InstanceRef, Response, ServerFrame};
 use proptest::prelude::*;
 
 proptest! {
@@ -25,6 +25,25 @@ proptest! {
         prop_assert_eq!(payload.len(), encoding::encoded_len(&frame));
         let back: ServerFrame = encoding::decode(&payload)?;
         prop_assert_eq!(back, frame);
+    }
+
+    /// A server writes query answers from `InstanceRef`s: they must be the bytes of the
+    /// `Instance` with the same fields.
+    #[test]
+    fn instance_refs_encode_as_instances(instance in instance()) {
+        let borrowed = InstanceRef {
+            id: instance.id,
+            service_type: &instance.service_type,
+            ip: instance.ip,
+            port: instance.port,
+            metadata: &instance.metadata,
+            last_heartbeat_ms: instance.last_heartbeat.timestamp_millis(),
+        };
+        let mut by_ref = Vec::new();
+        encoding::encode_value_into(&borrowed, &mut by_ref)?;
+        let mut by_value = Vec::new();
+        encoding::encode_value_into(&instance, &mut by_value)?;
+        prop_assert_eq!(by_ref, by_value);
     }
 
     /// `encode_into` appends to what the writer already holds and says how much it wrote.

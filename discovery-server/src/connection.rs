@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use discovery_proto::codec::ServerCodec;
-use discovery_proto::encoding;
+use discovery_proto::encoding::InstancesWriter;
 use discovery_proto::{
     ClientFrame, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
 };
@@ -27,7 +27,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::ServerConfig;
 use crate::handler::{self, Answer};
@@ -51,6 +51,9 @@ pub struct Connection<S = TcpStream> {
     codec: ServerCodec,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Where multi-frame answers are written before they join `write_buf`; kept to reuse
+    /// its allocation.
+    scratch: Vec<u8>,
     /// When the first byte of the frame now in `read_buf` came, if one has started.
     frame_started: Option<Instant>,
     /// When the last complete frame came (or the connection opened).
@@ -87,6 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             codec: ServerCodec::new(config.max_frame_bytes),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(READ_CHUNK),
+            scratch: Vec::new(),
             frame_started: None,
             last_frame: Instant::now(),
             idle_timeout: config.idle_timeout,
@@ -133,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 };
                 greeted = true;
-                if !self.answer(request_id, answer, max_frame_bytes)? {
+                if !self.answer(&registry, request_id, answer, max_frame_bytes)? {
                     return self.close().await;
                 }
             }
@@ -169,6 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Encodes an answer into the write buffer; false when the connection must close after it.
     fn answer(
         &mut self,
+        registry: &Registry,
         request_id: RequestId,
         answer: Answer,
         max_frame_bytes: usize,
@@ -182,20 +187,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.push(&ServerFrame::new(request_id, response))?;
                 Ok(false)
             }
-            Answer::Instances(instances) => {
-                // Registration refuses any instance too large for a frame, so this only
-                // fails if that check and this one ever disagree; say so to the client.
-                match encoding::instance_frames(request_id, instances, max_frame_bytes) {
-                    Ok(frames) => {
-                        for frame in &frames {
-                            self.push(frame)?;
-                        }
+            Answer::Query(service_type) => {
+                self.scratch.clear();
+                let mut writer = InstancesWriter::new(
+                    &mut self.scratch,
+                    request_id,
+                    max_frame_bytes,
+                    |instances, more| Response::Instances { instances, more },
+                )?;
+                let mut skipped = 0usize;
+                registry.query_each(&service_type, |instance| {
+                    // Registration refuses any instance too large for a frame, so this
+                    // only happens if that check and this one ever disagree.
+                    if writer.push(&instance).is_err() {
+                        skipped += 1;
                     }
-                    Err(e) => {
-                        let response = handler::error(ErrorKind::Internal, e.to_string());
-                        self.push(&ServerFrame::new(request_id, response))?;
-                    }
+                });
+                writer.finish();
+                if skipped > 0 {
+                    warn!(
+                        skipped,
+                        service_type, "instances too large for a frame left out of a query answer"
+                    );
                 }
+                self.write_buf.extend_from_slice(&self.scratch);
                 Ok(true)
             }
             Answer::Watch(subscription) => {
@@ -245,9 +260,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 instances,
                 reset,
             }) => {
-                let frames = encoding::split_instances(
+                self.scratch.clear();
+                let mut writer = InstancesWriter::new(
+                    &mut self.scratch,
                     request_id,
-                    instances,
                     max_frame_bytes,
                     |instances, more| Response::Snapshot {
                         revision,
@@ -256,9 +272,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         more,
                     },
                 )?;
-                for frame in &frames {
-                    self.push(frame)?;
+                for instance in &instances {
+                    // As for a query: registration keeps every instance within a frame.
+                    if writer.push(instance).is_err() {
+                        warn!(%instance.id, "instance too large for a frame left out of a snapshot");
+                    }
                 }
+                writer.finish();
+                self.write_buf.extend_from_slice(&self.scratch);
             }
             Some(WatchStart::Resume { since, missed }) => {
                 self.push(&ServerFrame::new(

@@ -4,9 +4,7 @@
 use std::net::IpAddr;
 
 use discovery_proto::encoding;
-use discovery_proto::{
-    ErrorKind, Instance, Metadata, PROTOCOL_VERSION, Request, RequestId, Response,
-};
+use discovery_proto::{ErrorKind, Metadata, PROTOCOL_VERSION, Request, RequestId, Response};
 use uuid::Uuid;
 
 use crate::Registry;
@@ -18,9 +16,9 @@ use crate::registry::Subscription;
 pub enum Answer {
     /// One frame.
     Response(Response),
-    /// The instances of a query, which the connection splits into as many `Instances`
-    /// frames as the frame limit requires.
-    Instances(Vec<Instance>),
+    /// A query of this type: the connection writes the answer straight from the registry
+    /// into as many `Instances` frames as the frame limit requires.
+    Query(String),
     /// A last frame, after which the connection is closed.
     Close(Response),
     /// A watch to open on the connection, which sends its start and changes.
@@ -89,9 +87,7 @@ pub fn handle(registry: &Registry, max_frame_bytes: usize, request: Request) -> 
         }
         Request::Heartbeat { id } => found(registry.heartbeat(id)),
         Request::Deregister { id } => found(registry.deregister(id)),
-        Request::Query { service_type } => {
-            return Answer::Instances(registry.query(&service_type));
-        }
+        Request::Query { service_type } => return Answer::Query(service_type),
         Request::Ping => Response::Pong,
         Request::Watch {
             service_type,

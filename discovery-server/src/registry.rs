@@ -43,7 +43,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use discovery_proto::{Instance, Metadata, RemoveReason, Revision};
+use discovery_proto::{Instance, InstanceRef, Metadata, RemoveReason, Revision};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_stream::Stream;
@@ -100,13 +100,17 @@ impl Drop for Shared {
 struct Clock {
     epoch: Instant,
     wall_epoch: DateTime<Utc>,
+    /// `wall_epoch` in milliseconds since the Unix epoch.
+    wall_epoch_ms: i64,
 }
 
 impl Clock {
     fn new() -> Self {
+        let wall_epoch = Utc::now();
         Self {
             epoch: Instant::now(),
-            wall_epoch: Utc::now(),
+            wall_epoch,
+            wall_epoch_ms: wall_epoch.timestamp_millis(),
         }
     }
 
@@ -119,9 +123,16 @@ impl Clock {
         self.epoch + Duration::from_nanos(at)
     }
 
+    /// [`Clock::wall`] in milliseconds since the Unix epoch, with integers only: what a
+    /// query answer carries, computed for every instance it lists.
+    fn wall_ms(&self, at: Nanos) -> i64 {
+        let since_epoch = i64::try_from(at / 1_000_000).unwrap_or(i64::MAX);
+        self.wall_epoch_ms.saturating_add(since_epoch)
+    }
+
+    /// The wall-clock time of `at`, to the millisecond (what the wire carries).
     fn wall(&self, at: Nanos) -> DateTime<Utc> {
-        let at = chrono::TimeDelta::nanoseconds(i64::try_from(at).unwrap_or(i64::MAX));
-        self.wall_epoch + at
+        DateTime::from_timestamp_millis(self.wall_ms(at)).unwrap_or(self.wall_epoch)
     }
 }
 
@@ -300,6 +311,30 @@ impl Registry {
         let now = clock.now();
         let state = self.shared.lock();
         state.instances(&clock, service_type, now)
+    }
+
+    /// Visits every live instance of `service_type`, in no particular order, as borrowed
+    /// views that encode like [`Instance`]: a query answer is written from them without
+    /// copying the instances first. The lock is held while `visit` runs, so it must be
+    /// quick (encoding is).
+    pub fn query_each(&self, service_type: &str, mut visit: impl FnMut(InstanceRef<'_>)) {
+        let clock = self.shared.clock;
+        let now = clock.now();
+        let state = self.shared.lock();
+        let table = &state.table;
+        for &index in table.members(service_type) {
+            let slot = table.slot(index);
+            if slot.deadline > now {
+                visit(InstanceRef {
+                    id: slot.id,
+                    service_type: table.type_name(slot),
+                    ip: slot.ip(),
+                    port: slot.port,
+                    metadata: slot.metadata(),
+                    last_heartbeat_ms: clock.wall_ms(slot.deadline.saturating_sub(state.ttl)),
+                });
+            }
+        }
     }
 
     /// Subscribes to the changes of `service_type`.
@@ -768,7 +803,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_wall_clock_time_is_the_register_or_the_heartbeat() {
         let registry = Registry::new(config());
-        let start = registry.shared.clock.wall_epoch;
+        let start = registry.shared.clock.wall(0);
         let id = register(&registry, "a", 1);
         assert_eq!(registry.query("a")[0].last_heartbeat, start);
         advance(Duration::from_millis(1500)).await;
