@@ -58,6 +58,8 @@ pub struct Connection<S = TcpStream> {
     frame_started: Option<Instant>,
     /// When the last complete frame came (or the connection opened).
     last_frame: Instant,
+    /// When the last bytes were read.
+    last_read: Instant,
     idle_timeout: Duration,
     frame_timeout: Duration,
     /// The open watches, by the request id of their `Watch`.
@@ -93,6 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             scratch: Vec::new(),
             frame_started: None,
             last_frame: Instant::now(),
+            last_read: Instant::now(),
             idle_timeout: config.idle_timeout,
             frame_timeout: config.frame_timeout,
             watches: StreamMap::new(),
@@ -330,7 +333,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<Option<Result<ClientFrame, discovery_proto::Error>>, Error> {
         let item = self.codec.decode(&mut self.read_buf)?;
         if item.is_some() {
-            let now = Instant::now();
+            // The time of the read that completed the frame: one clock read per read, not
+            // one per pipelined frame.
+            let now = self.last_read;
             self.last_frame = now;
             // Bytes left over are the start of the next frame, which came with this read.
             self.frame_started = (!self.read_buf.is_empty()).then_some(now);
@@ -395,7 +400,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     "connection closed in the middle of a frame",
                 ))),
                 _ => {
-                    self.frame_started.get_or_insert_with(Instant::now);
+                    self.last_read = Instant::now();
+                    self.frame_started.get_or_insert(self.last_read);
                     Ok(Fill::Data)
                 }
             },

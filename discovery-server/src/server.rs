@@ -186,6 +186,12 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
+        // A connection with an open watch is never idle-closed, so a peer that vanished
+        // without a FIN (a crashed host, a dropped route) would hold its slot forever:
+        // keepalive probes find it within about a minute.
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive()) {
+            debug!(%peer, error = %e, "cannot set TCP keepalive");
+        }
         let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
             debug!(%peer, ?protocol, "refusing connection over the cap");
             let max_connections = shared.config.max_connections;
@@ -228,6 +234,16 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Probes after 30 s of silence, then every 10 s; Linux gives up after 3 unanswered ones.
+fn keepalive() -> socket2::TcpKeepalive {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_retries(3);
+    keepalive
 }
 
 /// Errors that concern only the connection being accepted.
