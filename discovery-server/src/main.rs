@@ -21,6 +21,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     config: ServerConfig,
+    /// Threads that serve connections; 0 for one per core. Default 0.
+    #[arg(long, env = "DISCOVERY_THREADS", default_value_t = 0)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -31,7 +34,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.threads > 0 {
+        builder.worker_threads(cli.threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
