@@ -137,6 +137,14 @@ impl DiscoveryClient {
         }
     }
 
+    /// Takes the connection apart after `Hello`, for a caller that reads and writes it on
+    /// its own (the keep-alive run splits it into a writer and a reader): the socket, the
+    /// bytes read and not decoded yet, the next request id, and the server's frame limit.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, RequestId, usize) {
+        let limit = self.codec.max_frame_bytes();
+        (self.stream, self.read_buf, self.next_id, limit)
+    }
+
     fn register(&mut self, t: usize, ip: std::net::IpAddr, port: u16) {
         let service_type = self.plan.types[t].clone();
         self.send(Request::Register {

@@ -5,16 +5,20 @@
 //! |---|---|
 //! | `workload` | the types, endpoints and operations, the same for both backends |
 //! | `runner` | the closed loop: seeding, connections, timing, the tally |
+//! | `keepalive` | `--op keepalive`: many instances kept alive at a steady rate, queried beside |
 //! | `discovery` | the discovery backend: the protocol crate's codec on a raw socket |
 //! | `redis` | the Redis backend: sorted sets, a reaper, a RESP client by hand |
 //! | `histogram` | log-linear latency buckets |
 //! | `memory` | a server's resident memory, from `/proc` |
+//! | `cpu` | CPU time of a process and of the machine, from `/proc` |
 //!
 //! `docs/BENCHMARKS.md` explains what the figures mean; `bench/compare.sh` runs the whole
 //! comparison.
 
+mod cpu;
 mod discovery;
 mod histogram;
+mod keepalive;
 mod memory;
 mod redis;
 mod runner;
@@ -42,6 +46,8 @@ const MAX_INSTANCES: usize = 1_000_000;
 const MAX_TYPES: usize = 10_000;
 /// The longest measured time.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// The most queries per second of a keep-alive run.
+const MAX_QUERY_RATE: u32 = 10_000;
 /// How long the server settles after seeding, before its memory is read again.
 const MEMORY_SETTLE: Duration = Duration::from_secs(1);
 
@@ -59,30 +65,57 @@ struct Cli {
     /// Redis's address (loopback only).
     #[arg(long, default_value = "127.0.0.1:6379")]
     redis_addr: SocketAddr,
-    /// What each connection sends.
+    /// What each connection sends. `keepalive` keeps every instance alive at a steady
+    /// rate (one heartbeat each per `--interval`) while one more connection queries, and
+    /// has defaults of its own for the options below.
     #[arg(long, value_enum, default_value = "heartbeat")]
     op: Workload,
-    /// Connections, each on its own task.
-    #[arg(long, default_value_t = 64)]
+    /// Connections, each on its own task [keepalive: 16 heartbeat connections, plus one
+    /// for queries].
+    #[arg(long, default_value_t = 64, default_value_if("op", "keepalive", "16"))]
     conns: usize,
     /// Requests in flight per connection: each writes a batch of this many, then reads
-    /// their answers.
-    #[arg(long, default_value_t = 1)]
+    /// their answers [keepalive: 128, a window: at most this many heartbeats unanswered].
+    #[arg(long, default_value_t = 1, default_value_if("op", "keepalive", "128"))]
     depth: usize,
-    /// Measured time (`10s`, `1m`).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Measured time (`10s`, `1m`) [keepalive: 60s].
+    #[arg(long, default_value = "10s", default_value_if("op", "keepalive", "60s"),
+          value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Time before measuring starts, under the same load.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Time before measuring starts, under the same load [keepalive: 5s].
+    #[arg(long, default_value = "2s", default_value_if("op", "keepalive", "5s"),
+          value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Instances registered before the run (the ones heartbeats pick from).
-    #[arg(long, default_value_t = 10_000)]
+    /// Instances registered before the run (the ones heartbeats pick from) [keepalive:
+    /// 1000000].
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        default_value_if("op", "keepalive", "1000000")
+    )]
     instances: usize,
-    /// Service types the instances are spread over (queries pick from them).
-    #[arg(long, default_value_t = 100)]
+    /// Service types the instances are spread over (queries pick from them) [keepalive:
+    /// 1000].
+    #[arg(
+        long,
+        default_value_t = 100,
+        default_value_if("op", "keepalive", "1000")
+    )]
     types: usize,
+    /// Keepalive only: the time between two heartbeats of one instance (`5s`); the run
+    /// sends `--instances` / interval heartbeats a second.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Keepalive only: queries of a random type per second, on a connection of their
+    /// own (0 for none).
+    #[arg(long, default_value_t = 50)]
+    query_rate: u32,
+    /// Keepalive only: the server's process, whose resident memory and CPU time are
+    /// read from `/proc` and reported.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     /// The most requests the run sends, warm-up included: it stops at this count or at the
-    /// end of its time, whichever comes first.
+    /// end of its time, whichever comes first [keepalive: not used; its pace bounds it].
     #[arg(long, default_value_t = 100_000_000)]
     max_requests: u64,
     /// Redis only: how far ahead a register or heartbeat sets an instance's expiry score
@@ -129,10 +162,16 @@ fn main() -> ExitCode {
     };
     let plan = Arc::new(Plan::new(cli.instances, cli.types));
     let result = runtime.block_on(async {
-        // Every step is bounded on its own; this bounds the whole in case of a bug.
-        let limit = cli.warmup + cli.duration + 4 * cli.io_timeout + Duration::from_secs(120);
+        // Every step is bounded on its own; this bounds the whole in case of a bug. Seeding
+        // gets a second per 10,000 instances on top, which is far more than it takes.
+        let seeding = Duration::from_secs(cli.instances as u64 / 10_000);
+        let limit =
+            cli.warmup + cli.duration + 4 * cli.io_timeout + Duration::from_secs(120) + seeding;
         let run = async {
             match cli.backend {
+                BackendKind::Discovery if cli.op == Workload::Keepalive => {
+                    run_keepalive(&cli, DiscoveryConfig { addr: cli.addr }, plan).await
+                }
                 BackendKind::Discovery => {
                     let config = DiscoveryConfig { addr: cli.addr };
                     run::<DiscoveryClient>(&cli, config, plan).await
@@ -209,6 +248,22 @@ fn validate(cli: &Cli) -> Result<(), String> {
             cli.threads != Some(0),
             "--threads must be at least 1".to_owned(),
         ),
+        (
+            cli.op != Workload::Keepalive || cli.backend == BackendKind::Discovery,
+            "--op keepalive drives the discovery backend only".to_owned(),
+        ),
+        (
+            cli.op != Workload::Keepalive || cli.conns <= cli.instances,
+            "--op keepalive needs at least one instance per connection".to_owned(),
+        ),
+        (
+            !cli.interval.is_zero() && cli.interval <= MAX_DURATION,
+            format!("--interval must be above zero and at most {MAX_DURATION:?}"),
+        ),
+        (
+            cli.query_rate <= MAX_QUERY_RATE,
+            format!("--query-rate must be at most {MAX_QUERY_RATE}"),
+        ),
     ];
     match checks.into_iter().find(|(ok, _)| !ok) {
         Some((_, message)) => Err(message),
@@ -259,6 +314,29 @@ async fn run<B: Backend>(cli: &Cli, config: B::Config, plan: Arc<Plan>) -> Resul
         eprintln!("{}: first error: {error}", B::NAME);
     }
     Ok(format_report(cli, B::NAME, &report))
+}
+
+/// A keep-alive run; returns the result line.
+async fn run_keepalive(
+    cli: &Cli,
+    config: DiscoveryConfig,
+    plan: Arc<Plan>,
+) -> Result<String, String> {
+    let settings = keepalive::Settings {
+        conns: cli.conns,
+        depth: cli.depth,
+        interval: cli.interval,
+        warmup: cli.warmup,
+        duration: cli.duration,
+        query_rate: cli.query_rate,
+        io_timeout: cli.io_timeout,
+        server_pid: cli.server_pid,
+    };
+    let report = keepalive::run(config, plan, settings).await?;
+    if let Some(error) = &report.first_error {
+        eprintln!("discovery: first error: {error}");
+    }
+    Ok(report.line(cli.json))
 }
 
 /// Reads the server's memory, seeds, lets it settle, reads again.

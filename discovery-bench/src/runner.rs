@@ -399,7 +399,10 @@ async fn drive_one<B: Backend>(
 }
 
 /// Awaits one step on a socket for at most `limit`.
-async fn io_step<T>(limit: Duration, step: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+pub async fn io_step<T>(
+    limit: Duration,
+    step: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     match timeout(limit, step).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(

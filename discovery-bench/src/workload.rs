@@ -35,6 +35,9 @@ pub enum Workload {
     Query,
     /// 90 % heartbeat, 9 % query, 1 % register.
     Mixed,
+    /// Keep every seed instance alive: each is heartbeated once per `--interval`, at a
+    /// steady rate, while one more connection queries (see `keepalive.rs`).
+    Keepalive,
 }
 
 impl Workload {
@@ -45,6 +48,7 @@ impl Workload {
             Workload::Heartbeat => "heartbeat",
             Workload::Query => "query",
             Workload::Mixed => "mixed",
+            Workload::Keepalive => "keepalive",
         }
     }
 }
@@ -134,7 +138,10 @@ impl Picker {
                 self.next_slot = (slot + 1) % POOL;
                 Op::Register(slot)
             }
-            Workload::Heartbeat => Op::Heartbeat(self.rng.usize(0..self.instances)),
+            // The keep-alive run has its own loop and never draws from a picker.
+            Workload::Heartbeat | Workload::Keepalive => {
+                Op::Heartbeat(self.rng.usize(0..self.instances))
+            }
             Workload::Query | Workload::Mixed => Op::Query(self.rng.usize(0..self.types)),
         }
     }

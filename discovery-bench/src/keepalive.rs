@@ -1,0 +1,928 @@
+//! The keep-alive run (`--op keepalive`): one server holding many live instances, every one
+//! of them kept alive by heartbeats at a steady rate, while queries are answered beside them.
+//!
+//! 1. **Register.** The `N` seed instances of the plan (over `T` types, see `workload.rs`)
+//!    are registered first, pipelined on a few connections, as fast as the server takes
+//!    them; the time it takes is reported.
+//! 2. **Keep alive.** `C` heartbeat connections each own a contiguous share of the
+//!    instances and heartbeat it in order, round and round, at a steady rate: every 10 ms
+//!    a connection sends what its schedule says is due (share / interval per second), so
+//!    each instance gets one heartbeat per `--interval`. On a connection a writer sends
+//!    while a reader takes the answers in order; at most `--depth` heartbeats are in
+//!    flight, and a writer that finds the window full writes what it has and waits for
+//!    room (a quarter of the window at a time). A heartbeat's latency runs from its
+//!    encoding (just before its write) to its answer. The time each connection took for
+//!    each round of its share (the gap between two heartbeats of one instance) is kept:
+//!    its longest is `longest_pass`; and how far behind its schedule a connection was at a
+//!    tick, before sending: its most is `max_lag` (one tick, 10 ms, plus the timer's
+//!    lateness, when the server keeps up).
+//! 3. **Query.** One more connection queries a random type `--query-rate` times a second
+//!    (one at a time, a missed tick is skipped) and records their latency.
+//! 4. **Check.** After the measured time a fresh connection queries every type once and
+//!    counts the instances listed: all `N` must still be live.
+//!
+//! Heartbeats and queries run for `--warmup` and then `--duration`; rates, latencies and
+//! CPU use cover the measured part only, `NotFound` answers and errors the whole run. With
+//! `--server-pid` the run also reads the server's resident memory (empty, after
+//! registering, at the end, peak) and its CPU time, from `/proc`.
+
+use std::fmt::Write as _;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use discovery_proto::codec::ClientCodec;
+use discovery_proto::{ClientFrame, Request, RequestId, Response, ServerFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio_util::codec::{Decoder, Encoder};
+use uuid::Uuid;
+
+use crate::cpu;
+use crate::discovery::{DiscoveryClient, DiscoveryConfig};
+use crate::histogram::Histogram;
+use crate::memory;
+use crate::runner::{self, Answer, Backend, io_step};
+use crate::workload::{Op, Plan};
+
+/// How often a heartbeat connection sends what is due.
+const TICK: Duration = Duration::from_millis(10);
+/// Connections that register the instances.
+const REGISTER_CONNS: usize = 4;
+/// How often a progress line goes to stderr.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Types queried at once by the final count.
+const COUNT_DEPTH: usize = 16;
+/// The least room made in a read buffer before each read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How a keep-alive run is shaped.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Heartbeat connections.
+    pub conns: usize,
+    /// Heartbeats in flight per connection, at most.
+    pub depth: usize,
+    /// Time between two heartbeats of one instance.
+    pub interval: Duration,
+    /// Time under load before measuring starts.
+    pub warmup: Duration,
+    /// Measured time.
+    pub duration: Duration,
+    /// Queries per second on the query connection; 0 for none.
+    pub query_rate: u32,
+    /// The longest wait for a write or an answer.
+    pub io_timeout: Duration,
+    /// The server's process, to read its memory and CPU time.
+    pub server_pid: Option<u32>,
+}
+
+/// What every task of the run shares.
+struct Shared {
+    measure_from: Instant,
+    end: Instant,
+    /// Heartbeats answered so far (any answer), for progress lines.
+    answered: AtomicU64,
+    /// `NotFound` answers so far.
+    not_found: AtomicU64,
+}
+
+/// Readings of `/proc` at one moment.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    at: Instant,
+    server_cpu: Option<Duration>,
+    server_rss: Option<u64>,
+    own_cpu: Option<Duration>,
+    /// The machine's (busy, total) CPU time.
+    machine: Option<(Duration, Duration)>,
+}
+
+impl Snapshot {
+    fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            server_cpu: server_pid.and_then(|pid| ok(cpu::process_time(pid))),
+            server_rss: server_pid.and_then(|pid| ok(memory::rss_bytes(pid))),
+            own_cpu: ok(cpu::own_time()),
+            machine: ok(cpu::machine_time()),
+        }
+    }
+}
+
+/// The value of a reading, or `None` with the reason on stderr.
+fn ok<T>(reading: Result<T, String>) -> Option<T> {
+    reading.map_err(|e| eprintln!("keepalive: {e}")).ok()
+}
+
+/// One heartbeat connection's tally.
+#[derive(Default)]
+struct HeartbeatTally {
+    /// Latencies of the heartbeats sent in the measured time and answered `Ok`.
+    latency: Histogram,
+    /// Heartbeats sent in the measured time and answered `Ok`.
+    measured: u64,
+    /// Heartbeats sent, over the whole run.
+    sent: u64,
+    not_found: u64,
+    /// Error answers, unexpected answers, and heartbeats lost with a broken connection.
+    errors: u64,
+    first_error: Option<String>,
+    /// Why the connection broke off, if it did.
+    failure: Option<String>,
+    /// The longest round of the connection's share.
+    longest_pass: Duration,
+    /// Rounds of the share completed.
+    passes: u64,
+    /// The most the connection was behind its schedule at a tick.
+    max_lag: Duration,
+}
+
+/// The query connection's tally.
+#[derive(Default)]
+struct QueryTally {
+    latency: Histogram,
+    queries: u64,
+    items: u64,
+    errors: u64,
+    first_error: Option<String>,
+    failure: Option<String>,
+}
+
+/// The outcome of a keep-alive run.
+#[derive(Debug)]
+pub struct Report {
+    instances: usize,
+    types: usize,
+    settings: Settings,
+    server_ttl: Duration,
+    register_time: Duration,
+    /// Wall time between the two readings of `/proc` (the measured time, give or take a
+    /// timer's lateness), over which CPU use is averaged.
+    cpu_window: Duration,
+    heartbeats: u64,
+    heartbeat_latency: Histogram,
+    not_found: u64,
+    errors: u64,
+    failed_conns: usize,
+    /// The longest round of a connection's share; `None` when none completed one.
+    longest_pass: Option<Duration>,
+    max_lag: Duration,
+    queries: u64,
+    query_items: u64,
+    query_latency: Histogram,
+    live_at_end: Option<u64>,
+    rss_empty: Option<u64>,
+    rss_peak: Option<u64>,
+    start: Snapshot,
+    end: Snapshot,
+    /// The first error seen, for the log.
+    pub first_error: Option<String>,
+}
+
+/// Registers the instances of `plan`, keeps them alive, queries beside, and reports.
+pub async fn run(
+    config: DiscoveryConfig,
+    plan: Arc<Plan>,
+    settings: Settings,
+) -> Result<Report, String> {
+    let io_timeout = settings.io_timeout;
+    let rss_empty = match settings.server_pid {
+        Some(pid) => Some(memory::rss_bytes(pid)?),
+        None => None,
+    };
+
+    // 1. Register.
+    let conns = REGISTER_CONNS.min(plan.instances);
+    let registrars =
+        runner::connect_all::<DiscoveryClient>(&config, &plan, conns, io_timeout).await?;
+    let server_ttl = registrars
+        .first()
+        .and_then(DiscoveryClient::server_ttl)
+        .unwrap_or_default();
+    let registering = Instant::now();
+    let ids = Arc::new(runner::seed(registrars, &plan, io_timeout).await?);
+    let register_time = registering.elapsed();
+    eprintln!(
+        "keepalive: registered {} instances over {} types in {:.2?} ({:.0}/s); server TTL {:?}",
+        plan.instances,
+        plan.types.len(),
+        register_time,
+        plan.instances as f64 / register_time.as_secs_f64(),
+        server_ttl
+    );
+    if settings.interval >= server_ttl {
+        eprintln!(
+            "warning: the heartbeat interval ({:?}) is not shorter than the server's TTL \
+             ({server_ttl:?}): expect NotFound",
+            settings.interval
+        );
+    } else if register_time + settings.interval >= server_ttl {
+        eprintln!(
+            "warning: registering took {register_time:?}; with a first round of {:?} the \
+             earliest instances may expire before their first heartbeat (TTL {server_ttl:?})",
+            settings.interval
+        );
+    }
+
+    // 2 and 3. Keep alive and query.
+    let mut heartbeaters =
+        runner::connect_all::<DiscoveryClient>(&config, &plan, settings.conns, io_timeout).await?;
+    let querier = runner::connect_all::<DiscoveryClient>(&config, &plan, 1, io_timeout)
+        .await?
+        .pop()
+        .ok_or("no query connection")?;
+    let start = Instant::now();
+    let measure_from = start + settings.warmup;
+    let shared = Arc::new(Shared {
+        measure_from,
+        end: measure_from + settings.duration,
+        answered: AtomicU64::new(0),
+        not_found: AtomicU64::new(0),
+    });
+    let settings = Arc::new(settings);
+    let n = plan.instances;
+    let c = heartbeaters.len();
+    let tasks: Vec<_> = heartbeaters
+        .drain(..)
+        .enumerate()
+        .map(|(k, client)| {
+            let share = k * n / c..(k + 1) * n / c;
+            // Spread the connections' ticks over the tick, so that they do not all send at
+            // the same moment.
+            let first_tick = start + TICK * k as u32 / c as u32;
+            tokio::spawn(heartbeat_conn(
+                client,
+                ids.clone(),
+                share,
+                first_tick,
+                settings.clone(),
+                shared.clone(),
+            ))
+        })
+        .collect();
+    let query_task = tokio::spawn(query_loop(
+        querier,
+        plan.types.len(),
+        start,
+        settings.clone(),
+        shared.clone(),
+    ));
+
+    let start_snapshot = progress(&settings, &shared, start).await;
+    let end_snapshot = Snapshot::take(settings.server_pid);
+    let rss_peak = settings
+        .server_pid
+        .and_then(|pid| memory::peak_rss_bytes(pid).ok());
+
+    let mut report = Report {
+        instances: n,
+        types: plan.types.len(),
+        settings: (*settings).clone(),
+        server_ttl,
+        register_time,
+        cpu_window: end_snapshot.at - start_snapshot.at,
+        heartbeats: 0,
+        heartbeat_latency: Histogram::default(),
+        not_found: 0,
+        errors: 0,
+        failed_conns: 0,
+        longest_pass: None,
+        max_lag: Duration::ZERO,
+        queries: 0,
+        query_items: 0,
+        query_latency: Histogram::default(),
+        live_at_end: None,
+        rss_empty,
+        rss_peak,
+        start: start_snapshot,
+        end: end_snapshot,
+        first_error: None,
+    };
+    for task in tasks {
+        let tally = task.await.unwrap_or_else(|e| HeartbeatTally {
+            failure: Some(format!("heartbeat task failed: {e}")),
+            ..HeartbeatTally::default()
+        });
+        report.heartbeat_latency.merge(&tally.latency);
+        report.heartbeats += tally.measured;
+        report.not_found += tally.not_found;
+        report.errors += tally.errors;
+        if tally.passes > 0 {
+            report.longest_pass = report.longest_pass.max(Some(tally.longest_pass));
+        }
+        report.max_lag = report.max_lag.max(tally.max_lag);
+        if let Some(failure) = tally.failure {
+            report.failed_conns += 1;
+            report.first_error.get_or_insert(failure);
+        }
+        if let Some(error) = tally.first_error {
+            report.first_error.get_or_insert(error);
+        }
+    }
+    let queries = query_task.await.unwrap_or_else(|e| QueryTally {
+        failure: Some(format!("query task failed: {e}")),
+        ..QueryTally::default()
+    });
+    report.query_latency = queries.latency;
+    report.queries = queries.queries;
+    report.query_items = queries.items;
+    report.errors += queries.errors;
+    if let Some(failure) = queries.failure {
+        report.failed_conns += 1;
+        report.first_error.get_or_insert(failure);
+    }
+    if let Some(error) = queries.first_error {
+        report.first_error.get_or_insert(error);
+    }
+
+    // 4. Check.
+    match count_live(&config, &plan, io_timeout).await {
+        Ok(live) => report.live_at_end = Some(live),
+        Err(e) => {
+            report.errors += 1;
+            report
+                .first_error
+                .get_or_insert(format!("counting the live instances: {e}"));
+        }
+    }
+    Ok(report)
+}
+
+/// Prints a progress line every few seconds until the end of the run; returns the readings
+/// taken when measuring starts.
+async fn progress(settings: &Settings, shared: &Shared, start: Instant) -> Snapshot {
+    let mut start_snapshot = None;
+    let mut last = Snapshot::take(settings.server_pid);
+    let mut last_answered = 0;
+    let mut next = start + PROGRESS_EVERY;
+    loop {
+        if start_snapshot.is_none() && next >= shared.measure_from {
+            sleep_until(shared.measure_from).await;
+            start_snapshot = Some(Snapshot::take(settings.server_pid));
+        }
+        if next >= shared.end {
+            sleep_until(shared.end).await;
+            return start_snapshot.unwrap_or_else(|| Snapshot::take(settings.server_pid));
+        }
+        sleep_until(next).await;
+        let now = Snapshot::take(settings.server_pid);
+        let answered = shared.answered.load(Ordering::Relaxed);
+        let secs = (now.at - last.at).as_secs_f64();
+        let mut line = format!(
+            "keepalive: {:>4.0}s heartbeats/s={:.0} not_found={}",
+            (now.at - start).as_secs_f64(),
+            (answered - last_answered) as f64 / secs,
+            shared.not_found.load(Ordering::Relaxed)
+        );
+        if let (Some(a), Some(b)) = (last.server_cpu, now.server_cpu) {
+            let _ = write!(line, " server_cpu={:.0}%", percent(b - a, secs));
+        }
+        if let (Some(a), Some(b)) = (last.own_cpu, now.own_cpu) {
+            let _ = write!(line, " bench_cpu={:.0}%", percent(b - a, secs));
+        }
+        if let Some(rss) = now.server_rss {
+            let _ = write!(line, " server_rss={}MiB", rss >> 20);
+        }
+        eprintln!("{line}");
+        last = now;
+        last_answered = answered;
+        next += PROGRESS_EVERY;
+    }
+}
+
+/// CPU time as a percentage of one core over `secs` of wall time.
+fn percent(cpu: Duration, secs: f64) -> f64 {
+    if secs > 0.0 {
+        cpu.as_secs_f64() / secs * 100.0
+    } else {
+        0.0
+    }
+}
+
+/// One heartbeat connection: a writer here, a reader on its own task.
+async fn heartbeat_conn(
+    client: DiscoveryClient,
+    ids: Arc<Vec<Uuid>>,
+    share: Range<usize>,
+    first_tick: Instant,
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+) -> HeartbeatTally {
+    let (stream, read_buf, next_id, limit) = client.into_parts();
+    let (read_half, write_half) = stream.into_split();
+    let window = Arc::new(Semaphore::new(settings.depth));
+    let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(read_answers(
+        read_half,
+        ClientCodec::new(limit),
+        read_buf,
+        sent_rx,
+        window.clone(),
+        shared.clone(),
+        settings.io_timeout,
+    ));
+    let writer = Writer {
+        half: write_half,
+        codec: ClientCodec::new(limit),
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        next_id,
+        sent_tx,
+        window,
+        batch: (settings.depth / 4).max(1),
+        io_timeout: settings.io_timeout,
+    };
+    let mut tally = writer
+        .run(&ids, share, first_tick, settings.interval, shared.end)
+        .await;
+    // The writer has closed its side of the channel: the reader ends once it has read the
+    // answers to what was sent, or at its first failure, each wait bounded.
+    match reader.await {
+        Ok(read) => {
+            tally.latency = read.latency;
+            tally.measured = read.measured;
+            tally.not_found = read.not_found;
+            tally.errors += read.errors;
+            tally.first_error = read.first_error;
+            // The reader's reason comes first: a writer that fails after it only sees the
+            // consequence.
+            tally.failure = read.failure.or(tally.failure);
+        }
+        Err(e) => tally.failure = Some(format!("reader task failed: {e}")),
+    }
+    tally
+}
+
+/// The sending side of a heartbeat connection.
+struct Writer {
+    half: OwnedWriteHalf,
+    codec: ClientCodec,
+    buf: BytesMut,
+    next_id: RequestId,
+    /// Each request sent, in order: its id, its instance and when it was sent.
+    sent_tx: mpsc::UnboundedSender<(RequestId, usize, Instant)>,
+    /// A permit per request in flight; the reader gives them back.
+    window: Arc<Semaphore>,
+    /// The most requests taken room for at once: a quarter of the window.
+    batch: usize,
+    io_timeout: Duration,
+}
+
+impl Writer {
+    /// Heartbeats `share` round and round, once per `interval`, from `first_tick` until
+    /// `end`. Returns the sending half of a tally.
+    async fn run(
+        mut self,
+        ids: &[Uuid],
+        share: Range<usize>,
+        first_tick: Instant,
+        interval: Duration,
+        end: Instant,
+    ) -> HeartbeatTally {
+        let mut tally = HeartbeatTally::default();
+        let rate = share.len() as f64 / interval.as_secs_f64();
+        let mut cursor = share.start;
+        let mut pass_start = first_tick;
+        let mut ticks = interval_at(first_tick, TICK);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        'run: loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            if now >= end || share.is_empty() {
+                break;
+            }
+            // Due so far: the schedule, rounded up so that the first tick sends.
+            let due = ((now - first_tick).as_secs_f64() * rate).ceil() as u64;
+            let behind = due.saturating_sub(tally.sent) as f64 / rate;
+            tally.max_lag = tally.max_lag.max(Duration::from_secs_f64(behind));
+            while tally.sent < due {
+                // Room for a few at a time, so that a full window does not turn into one
+                // write per answer.
+                let count = (due - tally.sent).min(self.batch as u64) as u32;
+                if let Err(e) = self.take_permits(count, end).await {
+                    if !e.is_empty() {
+                        tally.failure = Some(e);
+                    }
+                    break 'run;
+                }
+                for _ in 0..count {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let frame = ClientFrame::new(id, Request::Heartbeat { id: ids[cursor] });
+                    if let Err(e) = self.codec.encode(frame, &mut self.buf) {
+                        tally.failure = Some(format!("cannot encode a heartbeat: {e}"));
+                        break 'run;
+                    }
+                    if self.sent_tx.send((id, cursor, Instant::now())).is_err() {
+                        // The reader has stopped and says why.
+                        break 'run;
+                    }
+                    tally.sent += 1;
+                    cursor += 1;
+                    if cursor == share.end {
+                        cursor = share.start;
+                        let now = Instant::now();
+                        tally.longest_pass = tally.longest_pass.max(now - pass_start);
+                        tally.passes += 1;
+                        pass_start = now;
+                    }
+                }
+            }
+            if let Err(e) = self.flush().await {
+                tally.failure = Some(e);
+                break;
+            }
+        }
+        // What was encoded is in the reader's queue: write it, so that it is answered.
+        if let Err(e) = self.flush().await {
+            tally.failure.get_or_insert(e);
+        }
+        tally
+    }
+
+    /// Takes room for `count` more requests in the window; when there is not enough,
+    /// writes what is buffered and waits. `Err("")` when the run ended while waiting.
+    async fn take_permits(&mut self, count: u32, end: Instant) -> Result<(), String> {
+        if let Ok(permit) = self.window.try_acquire_many(count) {
+            permit.forget();
+            return Ok(());
+        }
+        self.flush().await?;
+        match timeout(self.io_timeout, self.window.acquire_many(count)).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                if Instant::now() >= end {
+                    return Err(String::new());
+                }
+                Ok(())
+            }
+            // Closed: the reader stopped, and says why.
+            Ok(Err(_)) => Err(String::new()),
+            Err(_) => Err(format!(
+                "no room in the window within {:?}: answers stopped coming",
+                self.io_timeout
+            )),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let write = self.half.write_all(&self.buf);
+        match timeout(self.io_timeout, write).await {
+            Ok(Ok(())) => {
+                self.buf.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("write: {e}")),
+            Err(_) => Err(format!("write: no progress within {:?}", self.io_timeout)),
+        }
+    }
+}
+
+/// The receiving side of a heartbeat connection: one answer per request sent, in order.
+async fn read_answers(
+    mut half: OwnedReadHalf,
+    mut codec: ClientCodec,
+    mut buf: BytesMut,
+    mut sent_rx: mpsc::UnboundedReceiver<(RequestId, usize, Instant)>,
+    window: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    io_timeout: Duration,
+) -> HeartbeatTally {
+    let mut tally = HeartbeatTally::default();
+    while let Some((id, instance, sent_at)) = sent_rx.recv().await {
+        let frame = match timeout(io_timeout, read_frame(&mut half, &mut codec, &mut buf)).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => {
+                tally.failure = Some(format!("read: {e}"));
+                tally.errors += 1;
+                break;
+            }
+            Err(_) => {
+                tally.failure = Some(format!("read: no answer within {io_timeout:?}"));
+                tally.errors += 1;
+                break;
+            }
+        };
+        let done = Instant::now();
+        if frame.request_id != id {
+            tally.failure = Some(format!(
+                "answer to request {} ({:?}) while waiting for {id}",
+                frame.request_id, frame.response
+            ));
+            tally.errors += 1;
+            break;
+        }
+        match frame.response {
+            Response::Ok => {
+                if sent_at >= shared.measure_from && sent_at < shared.end {
+                    tally.latency.record(done - sent_at);
+                    tally.measured += 1;
+                }
+            }
+            Response::NotFound => {
+                tally.not_found += 1;
+                shared.not_found.fetch_add(1, Ordering::Relaxed);
+                tally.first_error.get_or_insert_with(|| {
+                    format!("the heartbeat of instance {instance} answered NotFound")
+                });
+            }
+            Response::Error { kind, message } => {
+                tally.errors += 1;
+                tally
+                    .first_error
+                    .get_or_insert_with(|| format!("heartbeat: {kind:?}: {message}"));
+            }
+            other => {
+                tally.errors += 1;
+                tally
+                    .first_error
+                    .get_or_insert_with(|| format!("heartbeat answered {other:?}"));
+            }
+        }
+        shared.answered.fetch_add(1, Ordering::Relaxed);
+        window.add_permits(1);
+    }
+    // Wake a writer waiting for room, and count what will never be answered.
+    window.close();
+    sent_rx.close();
+    while sent_rx.try_recv().is_ok() {
+        tally.errors += 1;
+    }
+    tally
+}
+
+/// Reads the next frame of a connection.
+async fn read_frame(
+    half: &mut OwnedReadHalf,
+    codec: &mut ClientCodec,
+    buf: &mut BytesMut,
+) -> io::Result<ServerFrame> {
+    loop {
+        match codec.decode(buf) {
+            Ok(Some(Ok(frame))) => return Ok(frame),
+            Ok(Some(Err(e))) | Err(e) => return Err(io::Error::other(e)),
+            Ok(None) => {}
+        }
+        buf.reserve(READ_CHUNK);
+        if half.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Queries a random type `query_rate` times a second until the end of the run.
+async fn query_loop(
+    mut client: DiscoveryClient,
+    types: usize,
+    start: Instant,
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+) -> QueryTally {
+    let mut tally = QueryTally::default();
+    if settings.query_rate == 0 {
+        return tally;
+    }
+    let mut rng = fastrand::Rng::with_seed(0x9e37_79b9);
+    let period = Duration::from_secs_f64(1.0 / f64::from(settings.query_rate));
+    let mut ticks = interval_at(start, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        if Instant::now() >= shared.end {
+            break;
+        }
+        let op = Op::Query(rng.usize(0..types));
+        client.push(op, &[]);
+        let written = Instant::now();
+        let answer = match io_step(settings.io_timeout, client.flush()).await {
+            Ok(()) => io_step(settings.io_timeout, client.answer(op)).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Answer::Done { items }) => {
+                if written >= shared.measure_from {
+                    tally.latency.record(written.elapsed());
+                    tally.queries += 1;
+                    tally.items += items as u64;
+                }
+            }
+            Ok(Answer::Failed(why)) => {
+                tally.errors += 1;
+                tally.first_error.get_or_insert(format!("query: {why}"));
+            }
+            Ok(Answer::Seeded(_)) => {
+                tally.errors += 1;
+                tally
+                    .first_error
+                    .get_or_insert("a query answered Registered".into());
+            }
+            Err(e) => {
+                tally.errors += 1;
+                tally.failure = Some(format!("query connection: {e}"));
+                break;
+            }
+        }
+    }
+    tally
+}
+
+/// Queries every type once, on a fresh connection, and adds up the instances listed.
+async fn count_live(
+    config: &DiscoveryConfig,
+    plan: &Arc<Plan>,
+    io_timeout: Duration,
+) -> Result<u64, String> {
+    let mut client = runner::connect_all::<DiscoveryClient>(config, plan, 1, io_timeout)
+        .await?
+        .pop()
+        .ok_or("no connection")?;
+    let types: Vec<usize> = (0..plan.types.len()).collect();
+    let mut live = 0;
+    for batch in types.chunks(COUNT_DEPTH) {
+        for &t in batch {
+            client.push(Op::Query(t), &[]);
+        }
+        io_step(io_timeout, client.flush())
+            .await
+            .map_err(|e| e.to_string())?;
+        for &t in batch {
+            match io_step(io_timeout, client.answer(Op::Query(t))).await {
+                Ok(Answer::Done { items }) => live += items as u64,
+                Ok(Answer::Failed(why)) => return Err(why),
+                Ok(Answer::Seeded(_)) => return Err("a query answered Registered".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    Ok(live)
+}
+
+impl Report {
+    /// The result as one line of `key=value` pairs, or one JSON object.
+    pub fn line(&self, json: bool) -> String {
+        // Rates count what was sent in the measured time, so they divide by it exactly.
+        let secs = self.settings.duration.as_secs_f64();
+        let cpu_secs = self.cpu_window.as_secs_f64();
+        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let micros = |h: &Histogram, q: f64| h.quantile(q).as_secs_f64() * 1e6;
+        let hb = &self.heartbeat_latency;
+        let q = &self.query_latency;
+        let kib = |b: Option<u64>| b.map(|b| b / 1024);
+        let rss_start = self.start.server_rss;
+        let per_instance = match (self.rss_empty, rss_start) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / self.instances as f64),
+            _ => None,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpu = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => Some(percent(b.saturating_sub(a), cpu_secs)),
+            _ => None,
+        };
+        let server_cpu = cpu(self.start.server_cpu, self.end.server_cpu);
+        let bench_cpu = cpu(self.start.own_cpu, self.end.own_cpu);
+        // The machine's busy share over the same time, all processes together.
+        let machine_busy = match (self.start.machine, self.end.machine) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                Some((b1 - b0).as_secs_f64() / (t1 - t0).as_secs_f64() * 100.0)
+            }
+            _ => None,
+        };
+        let items = (self.queries > 0).then(|| self.query_items as f64 / self.queries as f64);
+        let fields: Vec<(&str, Value)> = vec![
+            ("op", Value::Text("keepalive".into())),
+            ("backend", Value::Text("discovery".into())),
+            ("instances", Value::Int(self.instances as u64)),
+            ("types", Value::Int(self.types as u64)),
+            ("conns", Value::Int(self.settings.conns as u64)),
+            ("depth", Value::Int(self.settings.depth as u64)),
+            (
+                "interval_s",
+                Value::Float(self.settings.interval.as_secs_f64(), 2),
+            ),
+            (
+                "server_ttl_s",
+                Value::Float(self.server_ttl.as_secs_f64(), 2),
+            ),
+            ("seconds", Value::Float(secs, 2)),
+            (
+                "register_s",
+                Value::Float(self.register_time.as_secs_f64(), 2),
+            ),
+            (
+                "registers_per_sec",
+                Value::Float(
+                    self.instances as f64 / self.register_time.as_secs_f64().max(1e-9),
+                    0,
+                ),
+            ),
+            (
+                "target_heartbeats_per_sec",
+                Value::Float(
+                    self.instances as f64 / self.settings.interval.as_secs_f64(),
+                    0,
+                ),
+            ),
+            (
+                "heartbeats_per_sec",
+                Value::Float(per_sec(self.heartbeats), 0),
+            ),
+            ("heartbeats", Value::Int(self.heartbeats)),
+            ("not_found", Value::Int(self.not_found)),
+            ("errors", Value::Int(self.errors)),
+            ("failed_conns", Value::Int(self.failed_conns as u64)),
+            ("hb_p50_us", Value::Float(micros(hb, 0.5), 1)),
+            ("hb_p99_us", Value::Float(micros(hb, 0.99), 1)),
+            ("hb_p999_us", Value::Float(micros(hb, 0.999), 1)),
+            ("hb_max_us", Value::Float(micros(hb, 1.0), 1)),
+            (
+                "longest_pass_ms",
+                Value::opt_float(self.longest_pass.map(|d| d.as_secs_f64() * 1e3), 1),
+            ),
+            (
+                "max_lag_ms",
+                Value::Float(self.max_lag.as_secs_f64() * 1e3, 1),
+            ),
+            ("queries", Value::Int(self.queries)),
+            ("queries_per_sec", Value::Float(per_sec(self.queries), 1)),
+            ("q_p50_us", Value::Float(micros(q, 0.5), 1)),
+            ("q_p99_us", Value::Float(micros(q, 0.99), 1)),
+            ("q_p999_us", Value::Float(micros(q, 0.999), 1)),
+            ("q_max_us", Value::Float(micros(q, 1.0), 1)),
+            ("items_per_query", Value::opt_float(items, 1)),
+            ("live_at_end", Value::opt_int(self.live_at_end)),
+            ("rss_empty_kib", Value::opt_int(kib(self.rss_empty))),
+            ("rss_start_kib", Value::opt_int(kib(rss_start))),
+            ("rss_end_kib", Value::opt_int(kib(self.end.server_rss))),
+            ("rss_peak_kib", Value::opt_int(kib(self.rss_peak))),
+            ("bytes_per_instance", Value::opt_float(per_instance, 1)),
+            ("server_cpu_pct_core", Value::opt_float(server_cpu, 1)),
+            (
+                "server_cpu_pct_machine",
+                Value::opt_float(server_cpu.map(|c| c / cores), 1),
+            ),
+            ("bench_cpu_pct_core", Value::opt_float(bench_cpu, 1)),
+            ("machine_busy_pct", Value::opt_float(machine_busy, 1)),
+            ("cores", Value::Int(cores as u64)),
+        ];
+        let mut out = String::new();
+        if json {
+            out.push('{');
+            for (i, (key, value)) in fields.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(out, "{sep}\"{key}\":{}", value.json());
+            }
+            out.push('}');
+        } else {
+            for (i, (key, value)) in fields.iter().enumerate() {
+                let sep = if i == 0 { "" } else { " " };
+                let _ = write!(out, "{sep}{key}={}", value.plain());
+            }
+        }
+        out
+    }
+}
+
+/// A value of the result line.
+enum Value {
+    Text(String),
+    Int(u64),
+    /// A number and its decimals.
+    Float(f64, usize),
+    /// Not measured (no `--server-pid`, or nothing to measure).
+    Missing,
+}
+
+impl Value {
+    fn opt_int(v: Option<u64>) -> Self {
+        v.map_or(Value::Missing, Value::Int)
+    }
+
+    fn opt_float(v: Option<f64>, decimals: usize) -> Self {
+        v.map_or(Value::Missing, |v| Value::Float(v, decimals))
+    }
+
+    fn plain(&self) -> String {
+        match self {
+            Value::Text(s) => s.clone(),
+            Value::Int(n) => n.to_string(),
+            Value::Float(x, d) => format!("{x:.d$}"),
+            Value::Missing => "n/a".into(),
+        }
+    }
+
+    fn json(&self) -> String {
+        match self {
+            Value::Text(s) => format!("\"{s}\""),
+            Value::Missing => "null".into(),
+            other => other.plain(),
+        }
+    }
+}
