@@ -33,7 +33,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use discovery_proto::encoding;
 use discovery_proto::{Instance, Metadata};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +43,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 use crate::config::ServerConfig;
-use crate::{Error, Registry};
+use crate::{Error, Registry, handler};
 
 /// The size of the header length that opens every message.
 pub const HEADER_LENGTH_BYTES: usize = 2;
@@ -229,19 +228,15 @@ pub fn handle(
                 .and_then(Value::as_u64)
                 .and_then(|port| u16::try_from(port).ok())
                 .ok_or_else(|| "port must be an integer from 1 to 65535".to_owned())?;
-            let metadata = Metadata::new();
-            // The same fields in the same order as an `Instance`, as the typed handler
-            // checks a register; the largest timestamp stands in for the real one.
-            let fields = (Uuid::nil(), service_type, ip, port, &metadata, i64::MAX);
-            let len = encoding::instance_frame_len_of(&fields);
-            if len > max_frame_bytes {
-                return Err(format!(
-                    "the instance would take {len} bytes in a query answer, over the frame limit of {max_frame_bytes}"
-                ));
-            }
-            let id = registry
-                .register(service_type, ip, port, metadata)
-                .map_err(|e| e.to_string())?;
+            let id = handler::register(
+                registry,
+                max_frame_bytes,
+                service_type,
+                ip,
+                port,
+                Metadata::new(),
+            )
+            .map_err(|e| e.to_string())?;
             Ok(Reply::Plain(id.hyphenated().to_string()))
         }
         "heartbeat" => {

@@ -7,9 +7,9 @@ use discovery_proto::encoding;
 use discovery_proto::{ErrorKind, Metadata, PROTOCOL_VERSION, Request, RequestId, Response};
 use uuid::Uuid;
 
-use crate::Registry;
 use crate::config::ServerConfig;
 use crate::registry::Subscription;
+use crate::{Error, Registry};
 
 /// What a request is answered with.
 #[derive(Debug)]
@@ -70,21 +70,10 @@ pub fn handle(registry: &Registry, max_frame_bytes: usize, request: Request) -> 
             ip,
             port,
             metadata,
-        } => {
-            let len = instance_frame_len(&service_type, ip, port, &metadata);
-            if len > max_frame_bytes {
-                return Answer::Response(error(
-                    ErrorKind::InvalidMetadata,
-                    format!(
-                        "the instance would take {len} bytes in a query answer, over this server's frame limit of {max_frame_bytes}"
-                    ),
-                ));
-            }
-            match registry.register(&service_type, ip, port, metadata) {
-                Ok(id) => Response::Registered { id },
-                Err(e) => error(e.kind(), e.to_string()),
-            }
-        }
+        } => match register(registry, max_frame_bytes, &service_type, ip, port, metadata) {
+            Ok(id) => Response::Registered { id },
+            Err(e) => error(e.kind(), e.to_string()),
+        },
         Request::Heartbeat { id } => found(registry.heartbeat(id)),
         Request::Deregister { id } => found(registry.deregister(id)),
         Request::Query { service_type } => return Answer::Query(service_type),
@@ -117,10 +106,24 @@ fn found(found: bool) -> Response {
     }
 }
 
-/// The size an instance would take in a query answer, computed from the register's fields
-/// without building the instance: the same fields in the same order encode to the same
-/// bytes, and the largest timestamp stands in for the real one.
-fn instance_frame_len(service_type: &str, ip: IpAddr, port: u16, metadata: &Metadata) -> usize {
-    let fields = (Uuid::nil(), service_type, ip, port, metadata, i64::MAX);
-    encoding::instance_frame_len_of(&fields)
+/// Registers an instance, refusing one that could not be sent in a query answer within
+/// `max_frame_bytes`: the one register of both listeners.
+pub fn register(
+    registry: &Registry,
+    max_frame_bytes: usize,
+    service_type: &str,
+    ip: IpAddr,
+    port: u16,
+    metadata: Metadata,
+) -> Result<Uuid, Error> {
+    // The same fields in the same order encode to the same bytes as the instance would, and
+    // the largest timestamp stands in for the real one: no instance is built to measure it.
+    let fields = (Uuid::nil(), service_type, ip, port, &metadata, i64::MAX);
+    let len = encoding::instance_frame_len_of(&fields);
+    if len > max_frame_bytes {
+        return Err(Error::InvalidMetadata(format!(
+            "the instance would take {len} bytes in a query answer, over this server's frame limit of {max_frame_bytes}"
+        )));
+    }
+    registry.register(service_type, ip, port, metadata)
 }
