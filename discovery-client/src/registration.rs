@@ -1,10 +1,12 @@
 //! [`Registration`]: an announced instance and the background loop that keeps it alive.
 //!
 //! The loop belongs to a `CancellationToken`. It heartbeats at a third of the TTL the
-//! server announced, plus up to a tenth of that interval of random jitter so that
-//! instances started together do not heartbeat in lockstep; missed ticks are delayed, never
-//! bunched up. On `NotFound` (the instance expired, was deregistered, or the server
-//! restarted and forgot it) it registers again at once, under a new id. On a connection
+//! server announced, starting at a random point of the first interval and with up to a
+//! tenth of that interval of random jitter on each beat, so that instances started together
+//! do not heartbeat in lockstep; missed ticks are delayed, never bunched up. On `NotFound`
+//! (the instance expired, was deregistered, or the server restarted and forgot it) it
+//! registers again under a new id, after a random part of an interval, so that the
+//! registrations a restarted server forgot all at once come back spread out. On a connection
 //! error it reports [`RegistrationState::Reconnecting`] and tries again at the next tick,
 //! while the client's worker reconnects with backoff. It never gives up: a service outlives
 //! its registry's outages.
@@ -303,6 +305,15 @@ impl HeartbeatLoop {
                     Err(error) if error.is_not_found() => {
                         info!(%id, service_type = %self.spec.service_type, "the server forgot the instance; registering again");
                         must_register = true;
+                        // A restarted server forgets every instance at once, and the
+                        // heartbeats of one client's registrations come back together
+                        // (their connection's backoff is shared): spread the registers
+                        // over an interval instead of sending them in one burst.
+                        let spread = interval.mul_f64(fastrand::f64());
+                        tokio::select! {
+                            () = self.stop.cancelled() => return,
+                            () = sleep(spread) => {}
+                        }
                     }
                     Err(error) => {
                         if self.set_state(RegistrationState::Reconnecting) {
@@ -402,10 +413,12 @@ impl HeartbeatLoop {
     }
 }
 
-/// Ticks every `interval`, the first one `interval` from now; a tick missed while a call
-/// was slow is taken late rather than in a burst.
+/// Ticks every `interval`, the first one at a random point of the first interval, so that
+/// registrations made together do not heartbeat together; a tick missed while a call was
+/// slow is taken late rather than in a burst.
 fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
-    let mut ticker = interval_at(Instant::now() + interval, interval);
+    let first = interval.mul_f64(fastrand::f64());
+    let mut ticker = interval_at(Instant::now() + first, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker
 }
