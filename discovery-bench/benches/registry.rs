@@ -35,6 +35,9 @@ fn filled(runtime: &tokio::runtime::Runtime) -> (Registry, Vec<Uuid>) {
     let registry = Registry::new(RegistryConfig {
         // Nothing expires during the benchmark.
         ttl: Duration::from_secs(3600),
+        // A measured batch of registers may be as large as criterion likes.
+        max_instances: usize::MAX,
+        max_instances_per_type: usize::MAX,
         ..RegistryConfig::default()
     });
     let ids = (0..ENTRIES)
