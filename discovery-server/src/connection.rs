@@ -35,6 +35,10 @@ use crate::registry::Subscription;
 use crate::watch::{Change, ChangeEvent, WatchStart};
 use crate::{Error, Registry};
 
+/// How many bytes of answers a connection gathers before it writes them out even though
+/// more pipelined requests are waiting to be answered.
+const FLUSH_AT: usize = 256 * 1024;
+
 /// How much is read from the socket at a time, at least.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -142,6 +146,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 greeted = true;
                 if !self.answer(&registry, request_id, answer, max_frame_bytes)? {
                     return self.close().await;
+                }
+                // A read can hold thousands of small queries with large answers: write out
+                // what has piled up rather than hold it all, so a connection's memory stays
+                // bounded whatever it pipelines.
+                if self.write_buf.len() >= FLUSH_AT {
+                    self.flush().await?;
                 }
             }
             // While changes are ready, send them with this flush rather than one by one.
