@@ -154,8 +154,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.flush().await?;
                 }
             }
-            // While changes are ready, send them with this flush rather than one by one.
-            while let Some(Some((id, change))) = self.watches.next().now_or_never() {
+            // While changes are ready, send them with this flush rather than one by one (up
+            // to the same bound: the rest wait in their queues, which are bounded too).
+            while self.write_buf.len() < FLUSH_AT {
+                let Some(Some((id, change))) = self.watches.next().now_or_never() else {
+                    break;
+                };
                 self.change(&registry, id, change, max_frame_bytes)?;
             }
             self.flush().await?;
