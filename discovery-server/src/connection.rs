@@ -464,4 +464,11 @@ pub async fn refuse(mut stream: TcpStream, kind: ErrorKind, message: &str) {
         let _ = timeout(Duration::from_secs(1), stream.write_all_buf(&mut buf)).await;
     }
     let _ = stream.shutdown().await;
+    // As in `Connection::close`: dropping a socket with unread input sends a reset that can
+    // destroy the refusal before the client reads it, so drain for a bounded time first.
+    let drain = async {
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = timeout(LINGER, drain).await;
 }
