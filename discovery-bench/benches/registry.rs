@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use discovery_proto::Metadata;
-use discovery_server::{Registry, RegistryConfig};
+use discovery_registry::{Registry, RegistryConfig};
 use uuid::Uuid;
 
 /// Entries in the registry under test.

@@ -7,62 +7,35 @@ use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use discovery_server::ServerConfig;
+use discovery_test_support::server::{Options, config_with_ttl};
+use discovery_test_support::{PATIENCE, TestServer, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{sleep, timeout};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_discovery-cli");
 
-/// Generous bound on anything a test waits for; a healthy run takes a small part of it.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A server on its own task.
-struct Server {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), discovery_server::Error>>,
+/// A server in this process on `addr` (port 0 for a free one, or the port of a server
+/// stopped a moment ago) with the given TTL.
+async fn server_with_ttl(addr: SocketAddr, ttl: Duration) -> TestServer {
+    TestServer::with(Options {
+        config: config_with_ttl(ttl),
+        addr,
+        ..Options::default()
+    })
+    .await
 }
 
-impl Server {
-    /// A server on a free port with a 1 s TTL.
-    async fn start() -> Self {
-        Self::on("127.0.0.1:0".parse().unwrap()).await
-    }
+/// A server on a free port with a 1 s TTL.
+async fn server() -> TestServer {
+    server_on("127.0.0.1:0".parse().unwrap()).await
+}
 
-    /// A server on `addr` (to restart one on the same port) with a 1 s TTL.
-    async fn on(addr: SocketAddr) -> Self {
-        Self::with_ttl(addr, Duration::from_secs(1)).await
-    }
-
-    /// A server on `addr` with the given TTL.
-    async fn with_ttl(addr: SocketAddr, ttl: Duration) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig::default();
-        config.registry.ttl = ttl;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(discovery_server::server::run(
-            listener,
-            config,
-            stop.clone(),
-        ));
-        Self { addr, stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        timeout(PATIENCE, self.task)
-            .await
-            .expect("the server stops in time")
-            .unwrap()
-            .unwrap();
-    }
+/// A server on `addr` (to restart one on the same port) with a 1 s TTL.
+async fn server_on(addr: SocketAddr) -> TestServer {
+    server_with_ttl(addr, Duration::from_secs(1)).await
 }
 
 /// The binary with `--server addr` and nothing from the environment.
@@ -176,22 +149,9 @@ async fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-/// Polls `check` until it holds, failing after the deadline.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn every_command_against_a_server() {
-    let server = Server::start().await;
+    let server = server().await;
     let addr = server.addr;
     let id = register(
         addr,
@@ -275,7 +235,7 @@ async fn every_command_against_a_server() {
 
 #[tokio::test]
 async fn failures_and_usage_errors_have_their_exit_codes() {
-    let server = Server::start().await;
+    let server = server().await;
     let addr = server.addr;
 
     // 1: refused by the server (clap accepts these; the server says why not).
@@ -340,7 +300,7 @@ async fn failures_and_usage_errors_have_their_exit_codes() {
 
 #[tokio::test]
 async fn the_server_comes_from_the_environment_and_options_follow_the_command() {
-    let server = Server::start().await;
+    let server = server().await;
     let mut from_env = Command::new(BIN);
     from_env
         .args([
@@ -374,7 +334,7 @@ async fn the_server_comes_from_the_environment_and_options_follow_the_command() 
 
 #[tokio::test]
 async fn keep_alive_survives_a_server_restart_and_deregisters_on_sigterm() {
-    let server = Server::start().await;
+    let server = server().await;
     let addr = server.addr;
     let mut child = command(
         addr,
@@ -403,7 +363,7 @@ async fn keep_alive_survives_a_server_restart_and_deregisters_on_sigterm() {
     // A new server on the same port knows nothing: the instance comes back under a new id,
     // printed on its own line.
     server.stop().await;
-    let server = Server::on(addr).await;
+    let server = server_on(addr).await;
     let second = parse_id(&format!("{}\n", next_line(&mut lines).await));
     assert_ne!(first, second);
     eventually("the instance is listed again", || async {
@@ -430,7 +390,7 @@ async fn keep_alive_survives_a_server_restart_and_deregisters_on_sigterm() {
 
 #[tokio::test]
 async fn keep_alive_deregisters_on_sigint() {
-    let server = Server::start().await;
+    let server = server().await;
     let mut child = command(
         server.addr,
         &[
@@ -465,7 +425,7 @@ async fn keep_alive_deregisters_on_sigint() {
 
 #[tokio::test]
 async fn a_script_on_stdin_runs_every_line_and_exits_with_the_last_failure() {
-    let server = Server::start().await;
+    let server = server().await;
     let unknown = Uuid::new_v4();
     let script = format!(
         "# a comment, then a blank line\n\
@@ -591,7 +551,7 @@ async fn stop_with(mut child: Child, mut lines: Lines<BufReader<ChildStdout>>, n
 
 #[tokio::test]
 async fn watch_prints_one_json_object_per_line_until_sigterm() {
-    let server = Server::with_ttl("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await;
+    let server = server_with_ttl("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await;
     let addr = server.addr;
     let first = register(addr, "web", 8080, &["--meta", "version=1"]).await;
 
@@ -685,7 +645,7 @@ async fn watch_prints_one_json_object_per_line_until_sigterm() {
 
 #[tokio::test]
 async fn watch_of_an_empty_type_prints_its_marker_and_sees_expiry() {
-    let server = Server::start().await; // a TTL of 1 s
+    let server = server().await; // a TTL of 1 s
     let addr = server.addr;
     let (child, mut lines) = spawn_watch(addr, &["--json", "watch", "empty"]);
     let marker = next_json(&mut lines).await;

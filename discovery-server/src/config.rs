@@ -1,111 +1,19 @@
-//! The server's configuration: every limit, its default, its flag and its environment
-//! variable, in one place.
+//! The server's configuration: where to listen, the registry's configuration, and the
+//! limits on connections, each with its documented default.
 //!
-//! The binary parses [`ServerConfig`] from the command line with clap; tests and embedders
-//! build it from [`ServerConfig::default`] and change the fields they care about.
+//! Plain structs with `serde::Deserialize` (kebab-case keys, durations as `5s`), so that
+//! the binary's flags, a config file or an embedder fill them alike; the binary maps its
+//! flags and `DISCOVERY_*` variables onto these fields.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Args;
-use discovery_proto::{DEFAULT_PORT, Limits, MAX_FRAME_BYTES};
+use discovery_proto::{DEFAULT_PORT, Limits};
+use discovery_registry::RegistryConfig;
+use discovery_registry::config::duration;
+use serde::Deserialize;
 
 use crate::Error;
-
-/// How long an instance stays live after its register or its last heartbeat, by default.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
-/// The most live instances the registry holds, by default.
-pub const DEFAULT_MAX_INSTANCES: usize = 1_000_000;
-/// The most live instances of one type, by default.
-pub const DEFAULT_MAX_INSTANCES_PER_TYPE: usize = 100_000;
-/// The longest service type in bytes, by default.
-pub const DEFAULT_MAX_TYPE_BYTES: usize = 255;
-/// The most metadata pairs of one instance, by default.
-pub const DEFAULT_MAX_METADATA_PAIRS: usize = 64;
-/// The longest metadata key in bytes, by default.
-pub const DEFAULT_MAX_METADATA_KEY_BYTES: usize = 128;
-/// The longest metadata value in bytes, by default.
-pub const DEFAULT_MAX_METADATA_VALUE_BYTES: usize = 512;
-
-/// How many changes of a watched type are kept for resuming watches, by default.
-pub const DEFAULT_WATCH_HISTORY: usize = 1024;
-/// How many changes may wait for one watcher before it is sent a reset instead, by default.
-pub const DEFAULT_WATCH_QUEUE: usize = 1024;
-/// How long a type's change history outlives its last watcher, by default.
-pub const DEFAULT_WATCH_WINDOW: Duration = Duration::from_secs(60);
-
-/// The registry's semantics and limits. No I/O is configured here.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct RegistryConfig {
-    /// How long an instance stays live after its register or last heartbeat (`5s`,
-    /// `1500ms`). Default 5 s.
-    #[arg(long, env = "DISCOVERY_TTL", default_value = "5s", value_parser = parse_duration)]
-    pub ttl: Duration,
-    /// The most live instances in total. Default 1,000,000.
-    #[arg(long, env = "DISCOVERY_MAX_INSTANCES", default_value_t = DEFAULT_MAX_INSTANCES)]
-    pub max_instances: usize,
-    /// The most live instances of one type. Default 100,000.
-    #[arg(long, env = "DISCOVERY_MAX_INSTANCES_PER_TYPE", default_value_t = DEFAULT_MAX_INSTANCES_PER_TYPE)]
-    pub max_instances_per_type: usize,
-    /// The longest service type, in bytes. Default 255.
-    #[arg(long, env = "DISCOVERY_MAX_TYPE_BYTES", default_value_t = DEFAULT_MAX_TYPE_BYTES)]
-    pub max_type_bytes: usize,
-    /// The most metadata pairs of one instance. Default 64.
-    #[arg(long, env = "DISCOVERY_MAX_METADATA_PAIRS", default_value_t = DEFAULT_MAX_METADATA_PAIRS)]
-    pub max_metadata_pairs: usize,
-    /// The longest metadata key, in bytes. Default 128.
-    #[arg(long, env = "DISCOVERY_MAX_METADATA_KEY_BYTES", default_value_t = DEFAULT_MAX_METADATA_KEY_BYTES)]
-    pub max_metadata_key_bytes: usize,
-    /// The longest metadata value, in bytes. Default 512.
-    #[arg(long, env = "DISCOVERY_MAX_METADATA_VALUE_BYTES", default_value_t = DEFAULT_MAX_METADATA_VALUE_BYTES)]
-    pub max_metadata_value_bytes: usize,
-    /// How many changes of a watched type are kept, so that a watcher that reconnects can
-    /// resume without a snapshot. Default 1,024.
-    #[arg(long, env = "DISCOVERY_WATCH_HISTORY", default_value_t = DEFAULT_WATCH_HISTORY)]
-    pub watch_history: usize,
-    /// How many changes may wait for one watcher; one that falls further behind is sent a
-    /// reset snapshot instead. Default 1,024.
-    #[arg(long, env = "DISCOVERY_WATCH_QUEUE", default_value_t = DEFAULT_WATCH_QUEUE)]
-    pub watch_queue: usize,
-    /// How long a type's change history outlives its last watcher (`60s`); after it, a
-    /// resume gets a reset snapshot. Default 60 s.
-    #[arg(long, env = "DISCOVERY_WATCH_WINDOW", default_value = "60s", value_parser = parse_duration)]
-    pub watch_window: Duration,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        Self {
-            ttl: DEFAULT_TTL,
-            max_instances: DEFAULT_MAX_INSTANCES,
-            max_instances_per_type: DEFAULT_MAX_INSTANCES_PER_TYPE,
-            max_type_bytes: DEFAULT_MAX_TYPE_BYTES,
-            max_metadata_pairs: DEFAULT_MAX_METADATA_PAIRS,
-            max_metadata_key_bytes: DEFAULT_MAX_METADATA_KEY_BYTES,
-            max_metadata_value_bytes: DEFAULT_MAX_METADATA_VALUE_BYTES,
-            watch_history: DEFAULT_WATCH_HISTORY,
-            watch_queue: DEFAULT_WATCH_QUEUE,
-            watch_window: DEFAULT_WATCH_WINDOW,
-        }
-    }
-}
-
-impl RegistryConfig {
-    /// The limits as announced to clients in `Welcome`, with the server's frame limit.
-    pub fn limits(&self, max_frame_bytes: usize) -> Limits {
-        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let u64_of = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        Limits {
-            max_frame_bytes: u32_of(max_frame_bytes.min(MAX_FRAME_BYTES)),
-            max_instances: u64_of(self.max_instances),
-            max_instances_per_type: u64_of(self.max_instances_per_type),
-            max_type_bytes: u32_of(self.max_type_bytes),
-            max_metadata_pairs: u32_of(self.max_metadata_pairs),
-            max_metadata_key_bytes: u32_of(self.max_metadata_key_bytes),
-            max_metadata_value_bytes: u32_of(self.max_metadata_value_bytes),
-        }
-    }
-}
 
 /// The address the server listens on by default: loopback only, so that a registry is not
 /// exposed to a network unless someone asks for it.
@@ -125,39 +33,42 @@ pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything the server needs to run: where to listen, the registry's configuration and
-/// the limits on connections. Every field has a flag and a `DISCOVERY_*` environment
-/// variable in the binary.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
+/// the limits on connections.
+///
+/// ```
+/// use std::time::Duration;
+/// use discovery_server::ServerConfig;
+///
+/// let mut config = ServerConfig::default();
+/// config.registry.ttl = Duration::from_secs(10);
+/// config.max_connections = 100;
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct ServerConfig {
-    /// The address to listen on. Default `127.0.0.1:7777`.
-    #[arg(long, env = "DISCOVERY_LISTEN", default_value_t = DEFAULT_LISTEN)]
+    /// The address of the binary protocol's listener. Default `127.0.0.1:7777`.
     pub listen: SocketAddr,
     /// Where to serve the course's JSON socket protocol too (the course uses
     /// `127.0.0.1:65432`), over the same registry; see `docs/COMPAT.md`. Off by default.
-    #[arg(long, env = "DISCOVERY_COMPAT_LISTEN")]
     pub compat_listen: Option<SocketAddr>,
-    /// The registry's TTL and limits.
-    #[command(flatten)]
+    /// The registry's TTL and limits, the frame limit among them.
+    #[serde(flatten)]
     pub registry: RegistryConfig,
-    /// The largest frame payload accepted or sent, in bytes; at most 65536. Default 65536.
-    #[arg(long, env = "DISCOVERY_MAX_FRAME_BYTES", default_value_t = MAX_FRAME_BYTES)]
-    pub max_frame_bytes: usize,
-    /// The most open connections. Default 10,000.
-    #[arg(long, env = "DISCOVERY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    /// The most open connections, of every listener together. Default 10,000.
     pub max_connections: usize,
     /// The most watches open at once on one connection. Default 64.
-    #[arg(long, env = "DISCOVERY_MAX_WATCHES_PER_CONNECTION", default_value_t = DEFAULT_MAX_WATCHES_PER_CONNECTION)]
     pub max_watches_per_connection: usize,
-    /// How long a connection may go without a frame from its client before it is closed
-    /// (`60s`). Default 60 s.
-    #[arg(long, env = "DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// How long a connection may go without a frame from its client before it is closed.
+    /// Default 60 s.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
-    /// How long a client has to finish a frame once its first byte came, before the
-    /// connection is cut off (`10s`). Default 10 s.
-    #[arg(long, env = "DISCOVERY_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// How long a client has to finish a frame once its first byte came (or to take the
+    /// answers written to it), before the connection is cut off. Default 10 s.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub frame_timeout: Duration,
-    /// How long shutdown lets connections finish before closing them (`5s`). Default 5 s.
-    #[arg(long, env = "DISCOVERY_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    /// How long shutdown lets connections finish before closing them. Default 5 s.
+    #[serde(deserialize_with = "duration::deserialize")]
     pub shutdown_grace: Duration,
 }
 
@@ -167,7 +78,6 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             compat_listen: None,
             registry: RegistryConfig::default(),
-            max_frame_bytes: MAX_FRAME_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_watches_per_connection: DEFAULT_MAX_WATCHES_PER_CONNECTION,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -178,17 +88,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Checks the values that clap's types alone do not bound.
+    /// Checks the values whose types alone do not bound them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting (by its flag's name) and why.
     pub fn validate(&self) -> Result<(), Error> {
-        let min_frame = 1024;
-        if !(min_frame..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
-            return Err(Error::Config(format!(
-                "max-frame-bytes must be between {min_frame} and {MAX_FRAME_BYTES}, not {}",
-                self.max_frame_bytes
-            )));
-        }
+        self.registry.validate()?;
         let positive = [
-            ("ttl", self.registry.ttl),
             ("idle-timeout", self.idle_timeout),
             ("frame-timeout", self.frame_timeout),
         ];
@@ -204,19 +111,16 @@ impl ServerConfig {
         if self.max_connections == 0 {
             return Err(Error::Config("max-connections must be at least 1".into()));
         }
-        if self.registry.max_type_bytes == 0 {
-            return Err(Error::Config("max-type-bytes must be at least 1".into()));
-        }
         Ok(())
+    }
+
+    /// The largest frame payload accepted or sent, in bytes (the registry's limit).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.registry.max_frame_bytes
     }
 
     /// The limits announced to clients in `Welcome`.
     pub fn limits(&self) -> Limits {
-        self.registry.limits(self.max_frame_bytes)
+        self.registry.limits()
     }
-}
-
-/// Parses a human duration such as `5s`, `1500ms` or `1m 30s`.
-fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
 }

@@ -1,31 +1,27 @@
-//! The discovery service registry: the in-memory registry, the TCP server, and the
-//! `discovery-server` binary built on them.
+//! The discovery service's server: the frontends that speak each protocol over the
+//! registry (`discovery-registry`), the accept loop and its lifecycle. The
+//! `discovery-server` binary (flags, signals, logs) is built on it.
 //!
 //! | module | what it is for |
 //! |---|---|
-//! | [`registry`] | the registry itself: instances, TTLs, expiry; no I/O |
-//! | `table` | the registry's compact storage: slots, indexes, the deadline wheel |
-//! | [`watch`] | the change feeds of watched types: revisions, history, wake-ups |
-//! | [`handler`] | a request in, an answer out: the rules of the protocol, no I/O |
-//! | [`connection`] | one client's socket, buffers, timeouts and request loop |
-//! | [`compat`] | the course's JSON socket protocol on an optional second listener |
-//! | [`server`] | accepting connections within the limits, and graceful shutdown |
-//! | [`config`] | every limit and default of the registry and the server |
-//! | [`error`] | the crate's error type and its mapping to wire error kinds |
+//! | [`server`] | [`server::run`] and [`server::serve`]: accepting on every [`server::Listener`] within the limits, and graceful shutdown |
+//! | [`frontend`] | the one seam between the accept loop and the protocols: [`frontend::Frontend`], and what every connection is served with |
+//! | [`binary`] | the binary protocol of `discovery-proto`: its handler and its connection |
+//! | [`compat`] | the course's JSON socket protocol: its messages, handler and connection |
+//! | [`config`] | [`ServerConfig`]: every listener address, limit and timeout, and its default |
+//! | [`error`] | [`Error`], and its mapping to wire error kinds |
 //!
-//! A request travels socket → [`connection::Connection`] (framing, decoding) →
-//! [`handler::handle`] → [`Registry`] and back; `docs/ARCHITECTURE.md` tells the story.
+//! A request travels stream → [`binary::Connection`] (framing, decoding) →
+//! [`binary::handler::handle`] → [`Registry`] and back; `docs/ARCHITECTURE.md` tells the
+//! story. Arrows point one way: `server` → `binary`, `compat` → `frontend` → `config`.
 
+pub mod binary;
 pub mod compat;
 pub mod config;
-pub mod connection;
 pub mod error;
-pub mod handler;
-pub mod registry;
+pub mod frontend;
 pub mod server;
-mod table;
-pub mod watch;
 
-pub use config::{RegistryConfig, ServerConfig};
+pub use config::ServerConfig;
+pub use discovery_registry::{Registry, RegistryConfig};
 pub use error::Error;
-pub use registry::Registry;

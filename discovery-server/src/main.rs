@@ -1,14 +1,26 @@
 //! The `discovery-server` binary: parses its configuration from flags and `DISCOVERY_*`
-//! environment variables, serves the in-memory registry, and shuts down gracefully on
-//! SIGINT or SIGTERM.
+//! environment variables (clap lives here, not in the library), sets up the logs, serves
+//! the in-memory registry, and shuts down gracefully on SIGINT or SIGTERM.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
+use discovery_proto::MAX_FRAME_BYTES;
+use discovery_registry::RegistryConfig;
+use discovery_registry::config::{
+    DEFAULT_MAX_INSTANCES, DEFAULT_MAX_INSTANCES_PER_TYPE, DEFAULT_MAX_METADATA_KEY_BYTES,
+    DEFAULT_MAX_METADATA_PAIRS, DEFAULT_MAX_METADATA_VALUE_BYTES, DEFAULT_MAX_TYPE_BYTES,
+    DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_QUEUE, duration,
+};
 use discovery_server::Registry;
-use discovery_server::config::ServerConfig;
+use discovery_server::config::{
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WATCHES_PER_CONNECTION, ServerConfig,
+};
+use discovery_server::server::Listener;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -20,10 +32,112 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "discovery-server", version)]
 struct Cli {
     #[command(flatten)]
-    config: ServerConfig,
+    server: ServerFlags,
+    #[command(flatten)]
+    registry: RegistryFlags,
     /// Threads that serve connections; 0 for one per core. Default 0.
     #[arg(long, env = "DISCOVERY_THREADS", default_value_t = 0)]
     threads: usize,
+}
+
+/// The flags of [`ServerConfig`], one per field, with the same names.
+#[derive(Debug, Args)]
+struct ServerFlags {
+    /// The address to listen on. Default `127.0.0.1:7777`.
+    #[arg(long, env = "DISCOVERY_LISTEN", default_value_t = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where to serve the course's JSON socket protocol too (the course uses
+    /// `127.0.0.1:65432`), over the same registry; see `docs/COMPAT.md`. Off by default.
+    #[arg(long, env = "DISCOVERY_COMPAT_LISTEN")]
+    compat_listen: Option<SocketAddr>,
+    /// The most open connections. Default 10,000.
+    #[arg(long, env = "DISCOVERY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// The most watches open at once on one connection. Default 64.
+    #[arg(long, env = "DISCOVERY_MAX_WATCHES_PER_CONNECTION", default_value_t = DEFAULT_MAX_WATCHES_PER_CONNECTION)]
+    max_watches_per_connection: usize,
+    /// How long a connection may go without a frame from its client before it is closed
+    /// (`60s`). Default 60 s.
+    #[arg(long, env = "DISCOVERY_IDLE_TIMEOUT", default_value = "60s", value_parser = duration::parse)]
+    idle_timeout: Duration,
+    /// How long a client has to finish a frame once its first byte came, before the
+    /// connection is cut off (`10s`). Default 10 s.
+    #[arg(long, env = "DISCOVERY_FRAME_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    frame_timeout: Duration,
+    /// How long shutdown lets connections finish before closing them (`5s`). Default 5 s.
+    #[arg(long, env = "DISCOVERY_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration::parse)]
+    shutdown_grace: Duration,
+}
+
+/// The flags of [`RegistryConfig`], one per field, with the same names.
+#[derive(Debug, Args)]
+struct RegistryFlags {
+    /// How long an instance stays live after its register or last heartbeat (`5s`,
+    /// `1500ms`). Default 5 s.
+    #[arg(long, env = "DISCOVERY_TTL", default_value = "5s", value_parser = duration::parse)]
+    ttl: Duration,
+    /// The most live instances in total. Default 1,000,000.
+    #[arg(long, env = "DISCOVERY_MAX_INSTANCES", default_value_t = DEFAULT_MAX_INSTANCES)]
+    max_instances: usize,
+    /// The most live instances of one type. Default 100,000.
+    #[arg(long, env = "DISCOVERY_MAX_INSTANCES_PER_TYPE", default_value_t = DEFAULT_MAX_INSTANCES_PER_TYPE)]
+    max_instances_per_type: usize,
+    /// The longest service type, in bytes. Default 255.
+    #[arg(long, env = "DISCOVERY_MAX_TYPE_BYTES", default_value_t = DEFAULT_MAX_TYPE_BYTES)]
+    max_type_bytes: usize,
+    /// The most metadata pairs of one instance. Default 64.
+    #[arg(long, env = "DISCOVERY_MAX_METADATA_PAIRS", default_value_t = DEFAULT_MAX_METADATA_PAIRS)]
+    max_metadata_pairs: usize,
+    /// The longest metadata key, in bytes. Default 128.
+    #[arg(long, env = "DISCOVERY_MAX_METADATA_KEY_BYTES", default_value_t = DEFAULT_MAX_METADATA_KEY_BYTES)]
+    max_metadata_key_bytes: usize,
+    /// The longest metadata value, in bytes. Default 512.
+    #[arg(long, env = "DISCOVERY_MAX_METADATA_VALUE_BYTES", default_value_t = DEFAULT_MAX_METADATA_VALUE_BYTES)]
+    max_metadata_value_bytes: usize,
+    /// The largest frame payload accepted or sent, in bytes; at most 65536. Default 65536.
+    #[arg(long, env = "DISCOVERY_MAX_FRAME_BYTES", default_value_t = MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// How many changes of a watched type are kept, so that a watcher that reconnects can
+    /// resume without a snapshot. Default 1,024.
+    #[arg(long, env = "DISCOVERY_WATCH_HISTORY", default_value_t = DEFAULT_WATCH_HISTORY)]
+    watch_history: usize,
+    /// How many changes may wait for one watcher; one that falls further behind is sent a
+    /// reset snapshot instead. Default 1,024.
+    #[arg(long, env = "DISCOVERY_WATCH_QUEUE", default_value_t = DEFAULT_WATCH_QUEUE)]
+    watch_queue: usize,
+    /// How long a type's change history outlives its last watcher (`60s`); after it, a
+    /// resume gets a reset snapshot. Default 60 s.
+    #[arg(long, env = "DISCOVERY_WATCH_WINDOW", default_value = "60s", value_parser = duration::parse)]
+    watch_window: Duration,
+}
+
+impl Cli {
+    /// The configuration the flags (and variables, and defaults) say.
+    fn config(&self) -> ServerConfig {
+        let (s, r) = (&self.server, &self.registry);
+        ServerConfig {
+            listen: s.listen,
+            compat_listen: s.compat_listen,
+            registry: RegistryConfig {
+                ttl: r.ttl,
+                max_instances: r.max_instances,
+                max_instances_per_type: r.max_instances_per_type,
+                max_type_bytes: r.max_type_bytes,
+                max_metadata_pairs: r.max_metadata_pairs,
+                max_metadata_key_bytes: r.max_metadata_key_bytes,
+                max_metadata_value_bytes: r.max_metadata_value_bytes,
+                max_frame_bytes: r.max_frame_bytes,
+                watch_history: r.watch_history,
+                watch_queue: r.watch_queue,
+                watch_window: r.watch_window,
+            },
+            max_connections: s.max_connections,
+            max_watches_per_connection: s.max_watches_per_connection,
+            idle_timeout: s.idle_timeout,
+            frame_timeout: s.frame_timeout,
+            shutdown_grace: s.shutdown_grace,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -42,7 +156,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(serve(cli.config)) {
+    match runtime.block_on(serve(cli.config())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
@@ -86,17 +200,12 @@ async fn serve(config: ServerConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
 
-    // One registry and one shutdown for both listeners.
-    let compat = compat.map(|(compat, _)| compat);
+    // One registry and one shutdown for every listener.
+    let mut listeners = vec![Listener::binary(listener)];
+    listeners.extend(compat.map(|(compat, _)| Listener::compat(compat)));
     let registry = Registry::new(config.registry.clone());
-    let result = discovery_server::server::serve_with_compat(
-        listener,
-        compat,
-        Arc::new(config),
-        registry,
-        shutdown,
-    )
-    .await;
+    let result =
+        discovery_server::server::serve(listeners, Arc::new(config), registry, shutdown).await;
     signals.abort();
     info!("discovery-server stopped");
     result.map_err(|e| e.to_string())

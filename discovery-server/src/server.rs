@@ -1,29 +1,41 @@
-//! The server's lifecycle: accept connections, serve each on its own task within the
-//! limits, and shut down gracefully.
+//! The server's lifecycle: accept connections on every listener, serve each on its own
+//! task within the limits, and shut down gracefully.
+//!
+//! The accept loop knows no protocol: each [`Listener`] pairs a socket with a
+//! [`Frontend`], and the loop hands every accepted stream to it.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_proto::ErrorKind;
-use tokio::net::TcpListener;
+use discovery_registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::compat;
+use crate::Error;
+use crate::binary::Binary;
+use crate::compat::Compat;
 use crate::config::ServerConfig;
-use crate::connection::{self, Connection};
-use crate::{Error, Registry};
+use crate::frontend::{Context, Frontend};
 
 /// The first pause after an accept error that may pass (such as running out of file
 /// descriptors); it doubles on each further error, up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause between accept attempts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The most connections being refused at once (each takes about a second, to make sure its
+/// client reads the refusal); past it, a connection over the cap is closed at once. A
+/// flood of connections over the cap then costs a bounded number of tasks.
+pub const MAX_REFUSALS: usize = 64;
 
-/// Serves the registry on `listener` until `shutdown` is cancelled.
+/// Serves the binary protocol on `listener` until `shutdown` is cancelled, over a new
+/// registry made from `config.registry`.
 ///
 /// On cancellation it stops accepting, lets each connection answer the requests it has
 /// already read and send a `ShuttingDown` error, waits up to `config.shutdown_grace` for the
@@ -56,31 +68,67 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate()?;
     let registry = Registry::new(config.registry.clone());
-    serve(listener, Arc::new(config), registry, shutdown).await
+    serve(
+        vec![Listener::binary(listener)],
+        Arc::new(config),
+        registry,
+        shutdown,
+    )
+    .await
 }
 
-/// Like [`run`], over a registry the caller made and keeps a handle to (tests and
-/// embedders use it to look into the registry, or to serve one registry on two listeners).
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-    registry: Registry,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    serve_with_compat(listener, None, config, registry, shutdown).await
+/// A bound socket and the protocol it speaks.
+pub struct Listener {
+    name: &'static str,
+    accept: Box<dyn AcceptLoop>,
 }
 
-/// Like [`serve`], and also the course's JSON protocol ([`crate::compat`]) on `compat`
-/// when one is given.
+impl Listener {
+    /// `listener` speaking `frontend`'s protocol.
+    pub fn new<F: Frontend>(listener: TcpListener, frontend: F) -> Self {
+        Listener {
+            name: frontend.name(),
+            accept: Box::new(Bound {
+                listener,
+                frontend: Arc::new(frontend),
+            }),
+        }
+    }
+
+    /// `listener` speaking the binary protocol ([`crate::binary`]).
+    pub fn binary(listener: TcpListener) -> Self {
+        Listener::new(listener, Binary)
+    }
+
+    /// `listener` speaking the course's JSON protocol ([`crate::compat`]).
+    pub fn compat(listener: TcpListener) -> Self {
+        Listener::new(listener, Compat)
+    }
+
+    /// The name of the protocol it speaks.
+    pub fn protocol(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("protocol", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves `registry` on every listener until `shutdown` is cancelled, as [`run`] does.
 ///
-/// Both listeners serve the one `registry` and share one connection cap
-/// (`config.max_connections` counts the connections of both), one shutdown and one grace.
-/// If either listener dies, both stop accepting and the server shuts down as if
-/// `shutdown` had been cancelled, then returns that listener's error. As with [`run`], the
-/// `listen` and `compat_listen` fields of the configuration are not used: the caller binds.
-pub async fn serve_with_compat(
-    listener: TcpListener,
-    compat: Option<TcpListener>,
+/// Every listener serves the one `registry` and shares one connection cap
+/// (`config.max_connections` counts the connections of all), one shutdown and one grace.
+/// If a listener dies, all stop accepting and the server shuts down as if `shutdown` had
+/// been cancelled, then returns that listener's error. The registry's own configuration
+/// (its TTL, limits and frame size) is what clients are told and held to; the
+/// `registry`, `listen` and `compat_listen` fields of `config` are not used here.
+pub async fn serve(
+    listeners: Vec<Listener>,
     config: Arc<ServerConfig>,
     registry: Registry,
     shutdown: CancellationToken,
@@ -89,26 +137,25 @@ pub async fn serve_with_compat(
     // Cancelled when the grace runs out: every connection still open is dropped.
     let force = CancellationToken::new();
     // Cancelled by `shutdown`, or by an accept loop whose listener died, so that the other
-    // loop and every connection wind down too.
+    // loops and every connection wind down too.
     let stop = shutdown.child_token();
-    let shared = Shared {
-        config: config.clone(),
-        registry,
+    let serving = Serving {
+        context: Context {
+            registry,
+            config: config.clone(),
+        },
         permits: Arc::new(Semaphore::new(config.max_connections)),
+        refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         tracker: tracker.clone(),
         force: force.clone(),
         stop,
     };
-    let compat_loop = async {
-        match compat {
-            Some(compat) => accept_loop(compat, Protocol::Compat, &shared).await,
-            None => Ok(()),
-        }
-    };
     // Each loop drops its listener when it ends: accepting stops before connections are
     // waited for.
-    let (typed, compat) =
-        tokio::join!(accept_loop(listener, Protocol::Typed, &shared), compat_loop);
+    let loops = listeners
+        .into_iter()
+        .map(|listener| listener.accept.run(&serving));
+    let results = futures_util::future::join_all(loops).await;
 
     tracker.close();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait())
@@ -122,41 +169,58 @@ pub async fn serve_with_compat(
         force.cancel();
         tracker.wait().await;
     }
-    typed.and(compat)
-}
-
-/// The protocol a listener speaks.
-#[derive(Debug, Clone, Copy)]
-enum Protocol {
-    /// The typed, framed protocol of `discovery-proto`.
-    Typed,
-    /// The course's JSON socket protocol ([`crate::compat`]).
-    Compat,
+    results.into_iter().collect()
 }
 
 /// What the accept loops of one server share.
-struct Shared {
-    config: Arc<ServerConfig>,
-    registry: Registry,
-    /// One permit per open connection, of either protocol.
+struct Serving {
+    context: Context,
+    /// One permit per open connection, of any listener.
     permits: Arc<Semaphore>,
+    /// One permit per connection being refused.
+    refusals: Arc<Semaphore>,
     tracker: TaskTracker,
     force: CancellationToken,
     stop: CancellationToken,
 }
 
-/// Accepts connections on `listener` until `shared.stop` is cancelled, serving each on
-/// its own task within the connection cap.
-async fn accept_loop(
+/// A listener's accept loop, with its protocol's type erased so that listeners of every
+/// protocol go in one list, while each loop calls its frontend without dynamic dispatch.
+trait AcceptLoop: Send {
+    fn run<'a>(
+        self: Box<Self>,
+        serving: &'a Serving,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+}
+
+/// A socket and its frontend.
+struct Bound<F> {
     listener: TcpListener,
-    protocol: Protocol,
-    shared: &Shared,
+    frontend: Arc<F>,
+}
+
+impl<F: Frontend> AcceptLoop for Bound<F> {
+    fn run<'a>(
+        self: Box<Self>,
+        serving: &'a Serving,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
+        Box::pin(accept_loop(self.listener, self.frontend, serving))
+    }
+}
+
+/// Accepts connections on `listener` until `serving.stop` is cancelled, serving each on
+/// its own task within the connection cap.
+async fn accept_loop<F: Frontend>(
+    listener: TcpListener,
+    frontend: Arc<F>,
+    serving: &Serving,
 ) -> Result<(), Error> {
+    let protocol = frontend.name();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => return Ok(()),
+            _ = serving.stop.cancelled() => return Ok(()),
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -169,62 +233,32 @@ async fn accept_loop(
                 continue;
             }
             Err(e) if is_transient(&e) => {
-                warn!(error = %e, pause = ?backoff, ?protocol, "accept failed; pausing");
+                warn!(error = %e, pause = ?backoff, protocol, "accept failed; pausing");
                 tokio::select! {
-                    _ = shared.stop.cancelled() => return Ok(()),
+                    _ = serving.stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
             Err(e) => {
-                error!(error = %e, ?protocol, "the listener is unusable");
-                shared.stop.cancel();
+                error!(error = %e, protocol, "the listener is unusable");
+                serving.stop.cancel();
                 return Err(Error::Io(e));
             }
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-        }
-        // A connection with an open watch is never idle-closed, so a peer that vanished
-        // without a FIN (a crashed host, a dropped route) would hold its slot forever:
-        // keepalive probes find it within about a minute.
-        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive()) {
-            debug!(%peer, error = %e, "cannot set TCP keepalive");
-        }
-        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-            debug!(%peer, ?protocol, "refusing connection over the cap");
-            let max_connections = shared.config.max_connections;
-            shared.tracker.spawn(async move {
-                match protocol {
-                    Protocol::Typed => {
-                        let message =
-                            format!("the server has its maximum of {max_connections} connections");
-                        connection::refuse(stream, ErrorKind::TooManyConnections, &message).await;
-                    }
-                    Protocol::Compat => compat::refuse(stream).await,
-                }
-            });
+        tune(&stream, peer);
+        let Ok(permit) = serving.permits.clone().try_acquire_owned() else {
+            refuse(&frontend, stream, peer, serving);
             continue;
         };
-        let config = shared.config.clone();
-        let registry = shared.registry.clone();
-        let stop = shared.stop.clone();
-        let force = shared.force.clone();
-        shared.tracker.spawn(async move {
-            let served = async {
-                match protocol {
-                    Protocol::Typed => {
-                        let connection = Connection::new(stream, peer, &config);
-                        connection.run(registry, &config, &stop).await
-                    }
-                    Protocol::Compat => {
-                        compat::serve_connection(stream, peer, registry, &config, &stop).await
-                    }
-                }
-            };
+        let frontend = Arc::clone(&frontend);
+        let context = serving.context.clone();
+        let stop = serving.stop.clone();
+        let force = serving.force.clone();
+        serving.tracker.spawn(async move {
             tokio::select! {
-                result = served => {
+                result = frontend.serve(stream, peer, &context, &stop) => {
                     if let Err(e) = result {
                         debug!(%peer, error = %e, "connection ended");
                     }
@@ -234,6 +268,39 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Sets the socket options every accepted connection gets.
+fn tune(stream: &TcpStream, peer: SocketAddr) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    // A connection with an open watch is never idle-closed, so a peer that vanished
+    // without a FIN (a crashed host, a dropped route) would hold its slot forever:
+    // keepalive probes find it within about a minute.
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive()) {
+        debug!(%peer, error = %e, "cannot set TCP keepalive");
+    }
+}
+
+/// Refuses a connection over the cap in its protocol's words, on a task of its own, or
+/// closes it at once when [`MAX_REFUSALS`] are under way already.
+fn refuse<F: Frontend>(frontend: &Arc<F>, stream: TcpStream, peer: SocketAddr, serving: &Serving) {
+    let Ok(refusing) = serving.refusals.clone().try_acquire_owned() else {
+        debug!(%peer, protocol = frontend.name(), "closing connection over the cap at once");
+        return;
+    };
+    debug!(%peer, protocol = frontend.name(), "refusing connection over the cap");
+    let frontend = Arc::clone(frontend);
+    let context = serving.context.clone();
+    let force = serving.force.clone();
+    serving.tracker.spawn(async move {
+        tokio::select! {
+            () = frontend.refuse(stream, &context) => {}
+            _ = force.cancelled() => {}
+        }
+        drop(refusing);
+    });
 }
 
 /// Probes after 30 s of silence, then every 10 s; Linux gives up after 3 unanswered ones.

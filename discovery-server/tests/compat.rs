@@ -3,78 +3,29 @@
 //! the limits, one registry shared with the typed protocol, shutdown, the binary's
 //! `--compat-listen`, and the course-style Python client in `compat_client.py`.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Wire, eventually};
 use discovery_proto::{ErrorKind, PROTOCOL_VERSION, Request, Response};
-use discovery_server::{Error, Registry, ServerConfig};
+use discovery_server::ServerConfig;
+use discovery_test_support::server::{Options, config_with_ttl};
+use discovery_test_support::{PATIENCE, Process, TestServer, Wire, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_discovery-server");
 
 /// A server on its own task with both listeners over one registry, on ports of their own.
-struct CompatServer {
-    /// The typed protocol's address.
-    addr: SocketAddr,
-    /// The compat protocol's address.
-    compat: SocketAddr,
-    registry: Registry,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), Error>>,
-}
-
-impl CompatServer {
-    async fn start() -> Self {
-        Self::with_config(ServerConfig::default()).await
-    }
-
-    async fn with_config(config: ServerConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let compat_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let compat = compat_listener.local_addr().expect("local addr");
-        let registry = Registry::new(config.registry.clone());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(discovery_server::server::serve_with_compat(
-            listener,
-            Some(compat_listener),
-            Arc::new(config),
-            registry.clone(),
-            shutdown.clone(),
-        ));
-        Self {
-            addr,
-            compat,
-            registry,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Waits for the server to end after `shutdown` was cancelled.
-    async fn stopped(self) {
-        timeout(PATIENCE, self.task)
-            .await
-            .expect("server stops within the deadline")
-            .expect("server task did not panic")
-            .expect("server ended without error");
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.stopped().await;
-    }
+async fn compat_server(config: ServerConfig) -> TestServer {
+    TestServer::with(Options {
+        config,
+        compat: true,
+        ..Options::default()
+    })
+    .await
 }
 
 /// The header the course's clients write, for `content_length` bytes of JSON.
@@ -235,8 +186,8 @@ fn short_config() -> ServerConfig {
 
 #[tokio::test]
 async fn each_action_is_answered_exactly() {
-    let server = CompatServer::start().await;
-    let addr = server.compat;
+    let server = compat_server(ServerConfig::default()).await;
+    let addr = server.compat_addr();
     assert_eq!(query(addr, "hive").await, json(r#""[]""#));
 
     let id = register(addr, "hive", 65433).await;
@@ -287,11 +238,11 @@ async fn each_action_is_answered_exactly() {
 
 #[tokio::test]
 async fn a_message_in_pieces_is_served() {
-    let server = CompatServer::start().await;
+    let server = compat_server(ServerConfig::default()).await;
     let content = r#"{"action": "register", "ip": "127.0.0.1", "port": 65433, "type": "hive"}"#;
     let bytes = request(content);
     let header_end = 2 + request_header(content.len()).len();
-    let mut stream = TcpStream::connect(server.compat).await.unwrap();
+    let mut stream = TcpStream::connect(server.compat_addr()).await.unwrap();
     stream.set_nodelay(true).unwrap();
     // The header length split in two, the header in 7-byte pieces, the body in 5-byte ones.
     let mut pieces: Vec<&[u8]> = vec![&bytes[..1], &bytes[1..2]];
@@ -310,16 +261,19 @@ async fn a_message_in_pieces_is_served() {
 
 #[tokio::test]
 async fn bytes_after_the_message_are_ignored() {
-    let server = CompatServer::start().await;
+    let server = compat_server(ServerConfig::default()).await;
     let mut bytes = request(r#"{"action": "query", "type": "hive"}"#);
     bytes.extend_from_slice(b"\x00\x05trailing garbage");
-    assert_eq!(exchange(server.compat, &bytes).await, json(r#""[]""#));
+    assert_eq!(
+        exchange(server.compat_addr(), &bytes).await,
+        json(r#""[]""#)
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_header_without_one_of_its_keys_is_answered_error() {
-    let server = CompatServer::start().await;
+    let server = compat_server(ServerConfig::default()).await;
     let content = r#"{"action": "query", "type": "hive"}"#;
     let pairs = [
         r#""byteorder": "little""#.to_owned(),
@@ -335,7 +289,7 @@ async fn a_header_without_one_of_its_keys_is_answered_error() {
             .map(|(_, pair)| pair.as_str())
             .collect();
         let header = format!("{{{}}}", kept.join(", "));
-        let answer = exchange(server.compat, &message(&header, content.as_bytes())).await;
+        let answer = exchange(server.compat_addr(), &message(&header, content.as_bytes())).await;
         assert_eq!(answer, plain("ERROR"), "without {}", pairs[missing]);
     }
     // Any order and spacing is accepted.
@@ -343,15 +297,15 @@ async fn a_header_without_one_of_its_keys_is_answered_error() {
         r#"{{"content-length":{},"content-encoding":"utf-8","byteorder":"big","content-type":"text/json"}}"#,
         content.len()
     );
-    let answer = exchange(server.compat, &message(&header, content.as_bytes())).await;
+    let answer = exchange(server.compat_addr(), &message(&header, content.as_bytes())).await;
     assert_eq!(answer, json(r#""[]""#));
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_header_or_content_that_is_not_json_is_answered_error() {
-    let server = CompatServer::start().await;
-    let addr = server.compat;
+    let server = compat_server(ServerConfig::default()).await;
+    let addr = server.compat_addr();
     for header in ["", "not json", "[]", r#"{"content-length": 2"#] {
         let answer = exchange(addr, &message(header, b"{}")).await;
         assert_eq!(answer, plain("ERROR"), "header {header:?}");
@@ -376,8 +330,8 @@ async fn a_header_or_content_that_is_not_json_is_answered_error() {
 
 #[tokio::test]
 async fn requests_that_cannot_be_served_are_answered_error() {
-    let server = CompatServer::start().await;
-    let addr = server.compat;
+    let server = compat_server(ServerConfig::default()).await;
+    let addr = server.compat_addr();
     let register = |ip: &str, port: &str| {
         format!(r#"{{"action": "register", "ip": {ip}, "port": {port}, "type": "hive"}}"#)
     };
@@ -419,36 +373,34 @@ async fn requests_that_cannot_be_served_are_answered_error() {
 async fn a_registry_limit_is_answered_error() {
     let mut config = ServerConfig::default();
     config.registry.max_instances_per_type = 1;
-    let server = CompatServer::with_config(config).await;
-    register(server.compat, "hive", 1).await;
+    let server = compat_server(config).await;
+    register(server.compat_addr(), "hive", 1).await;
     let content = r#"{"action": "register", "ip": "127.0.0.1", "port": 2, "type": "hive"}"#;
-    assert_eq!(call(server.compat, content).await, plain("ERROR"));
+    assert_eq!(call(server.compat_addr(), content).await, plain("ERROR"));
     server.stop().await;
 }
 
 #[tokio::test]
 async fn what_cannot_be_framed_is_closed_without_answer() {
-    let server = CompatServer::with_config(ServerConfig {
-        max_frame_bytes: 1024,
-        ..ServerConfig::default()
-    })
-    .await;
+    let mut config = ServerConfig::default();
+    config.registry.max_frame_bytes = 1024;
+    let server = compat_server(config).await;
     // A content-length over the cap, however the rest of the header looks.
     for header in [
         request_header(1025),
         request_header(usize::MAX),
         r#"{"content-length": 1000000}"#.to_owned(),
     ] {
-        let mut stream = TcpStream::connect(server.compat).await.unwrap();
+        let mut stream = TcpStream::connect(server.compat_addr()).await.unwrap();
         stream.write_all(&message(&header, b"")).await.unwrap();
         closed_without_answer(&mut stream).await;
     }
     // A header length over the cap.
-    let mut stream = TcpStream::connect(server.compat).await.unwrap();
+    let mut stream = TcpStream::connect(server.compat_addr()).await.unwrap();
     stream.write_all(&2000u16.to_be_bytes()).await.unwrap();
     closed_without_answer(&mut stream).await;
     // A stream that ends mid-message.
-    let mut stream = TcpStream::connect(server.compat).await.unwrap();
+    let mut stream = TcpStream::connect(server.compat_addr()).await.unwrap();
     let bytes = request(r#"{"action": "query", "type": "hive"}"#);
     stream.write_all(&bytes[..bytes.len() - 3]).await.unwrap();
     stream.shutdown().await.unwrap();
@@ -456,16 +408,16 @@ async fn what_cannot_be_framed_is_closed_without_answer() {
 
     // Exactly the cap is served.
     let content = format!("{:<1024}", r#"{"action": "query", "type": "hive"}"#);
-    assert_eq!(call(server.compat, &content).await, json(r#""[]""#));
+    assert_eq!(call(server.compat_addr(), &content).await, json(r#""[]""#));
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_sender_stalled_mid_message_is_cut_off() {
-    let server = CompatServer::with_config(short_config()).await;
+    let server = compat_server(short_config()).await;
     let bytes = request(r#"{"action": "query", "type": "hive"}"#);
     for cut in [1, 2, 20, bytes.len() - 1] {
-        let mut stream = TcpStream::connect(server.compat).await.unwrap();
+        let mut stream = TcpStream::connect(server.compat_addr()).await.unwrap();
         let started = Instant::now();
         stream.write_all(&bytes[..cut]).await.unwrap();
         closed_without_answer(&mut stream).await;
@@ -479,8 +431,8 @@ async fn a_sender_stalled_mid_message_is_cut_off() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let server = CompatServer::with_config(short_config()).await;
-    let mut stream = TcpStream::connect(server.compat).await.unwrap();
+    let server = compat_server(short_config()).await;
+    let mut stream = TcpStream::connect(server.compat_addr()).await.unwrap();
     let started = Instant::now();
     closed_without_answer(&mut stream).await;
     assert!(started.elapsed() >= Duration::from_millis(250));
@@ -489,11 +441,11 @@ async fn an_idle_connection_is_closed() {
 
 #[tokio::test]
 async fn one_registry_through_both_protocols() {
-    let server = CompatServer::start().await;
+    let server = compat_server(ServerConfig::default()).await;
     let mut wire = Wire::hello(server.addr).await;
 
     // Registered through compat, found and kept alive through the typed protocol.
-    let from_compat = register(server.compat, "hive", 65433).await;
+    let from_compat = register(server.compat_addr(), "hive", 65433).await;
     let found = wire.query("hive").await;
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, from_compat);
@@ -511,11 +463,11 @@ async fn one_registry_through_both_protocols() {
     // Registered through the typed protocol, found and kept alive through compat.
     let from_typed = wire.register("hive", 65434).await;
     assert_eq!(
-        listed(server.compat, "hive").await,
+        listed(server.compat_addr(), "hive").await,
         [("127.0.0.1".into(), 65433), ("127.0.0.1".into(), 65434)]
     );
     assert_eq!(
-        heartbeat(server.compat, &from_typed.to_string()).await,
+        heartbeat(server.compat_addr(), &from_typed.to_string()).await,
         plain("OK")
     );
 
@@ -525,11 +477,11 @@ async fn one_registry_through_both_protocols() {
         Response::Ok
     );
     assert_eq!(
-        heartbeat(server.compat, &from_compat.to_string()).await,
+        heartbeat(server.compat_addr(), &from_compat.to_string()).await,
         plain("NOT FOUND")
     );
     assert_eq!(
-        listed(server.compat, "hive").await,
+        listed(server.compat_addr(), "hive").await,
         [("127.0.0.1".into(), 65434)]
     );
     server.stop().await;
@@ -538,16 +490,16 @@ async fn one_registry_through_both_protocols() {
 #[tokio::test]
 async fn kept_alive_and_expired_the_same_way_through_both() {
     let ttl = Duration::from_millis(800);
-    let server = CompatServer::with_config(common::short_ttl(ttl)).await;
+    let server = compat_server(config_with_ttl(ttl)).await;
     let mut wire = Wire::hello(server.addr).await;
     let typed = wire.register("hive", 1).await;
-    let compat = register(server.compat, "hive", 2).await;
+    let compat = register(server.compat_addr(), "hive", 2).await;
 
     // Each kept alive only through the other protocol, for twice the TTL.
     let until = Instant::now() + 2 * ttl;
     while Instant::now() < until {
         assert_eq!(
-            heartbeat(server.compat, &typed.to_string()).await,
+            heartbeat(server.compat_addr(), &typed.to_string()).await,
             plain("OK")
         );
         assert_eq!(
@@ -557,17 +509,17 @@ async fn kept_alive_and_expired_the_same_way_through_both() {
         tokio::time::sleep(ttl / 4).await;
     }
     assert_eq!(wire.query("hive").await.len(), 2);
-    assert_eq!(listed(server.compat, "hive").await.len(), 2);
+    assert_eq!(listed(server.compat_addr(), "hive").await.len(), 2);
 
     // Then both expire, for both protocols.
-    let addr = server.compat;
+    let addr = server.compat_addr();
     eventually("both expired for compat", || async {
         query(addr, "hive").await == json(r#""[]""#)
     })
     .await;
     assert!(wire.query("hive").await.is_empty());
     assert_eq!(
-        heartbeat(server.compat, &compat.to_string()).await,
+        heartbeat(server.compat_addr(), &compat.to_string()).await,
         plain("NOT FOUND")
     );
     assert_eq!(
@@ -598,14 +550,14 @@ async fn typed_connection(addr: SocketAddr) -> Option<Wire> {
 /// A compat connection that holds the only permit of a server whose cap is 1, shown by a
 /// typed connection being refused while it is open. A typed probe that is welcomed took
 /// the permit first; then the attempt is made again.
-async fn compat_holding_the_permit(server: &CompatServer) -> TcpStream {
+async fn compat_holding_the_permit(server: &TestServer) -> TcpStream {
     let deadline = Instant::now() + PATIENCE;
     loop {
         assert!(
             Instant::now() < deadline,
             "no compat connection got the permit"
         );
-        let stream = TcpStream::connect(server.compat).await.unwrap();
+        let stream = TcpStream::connect(server.compat_addr()).await.unwrap();
         if typed_connection(server.addr).await.is_none() {
             return stream;
         }
@@ -615,7 +567,7 @@ async fn compat_holding_the_permit(server: &CompatServer) -> TcpStream {
 
 #[tokio::test]
 async fn the_connection_cap_is_shared_by_both_listeners() {
-    let server = CompatServer::with_config(ServerConfig {
+    let server = compat_server(ServerConfig {
         max_connections: 1,
         ..ServerConfig::default()
     })
@@ -639,7 +591,11 @@ async fn the_connection_cap_is_shared_by_both_listeners() {
         assert!(Instant::now() < deadline, "the permit came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let answer = call(server.compat, r#"{"action": "query", "type": "hive"}"#).await;
+    let answer = call(
+        server.compat_addr(),
+        r#"{"action": "query", "type": "hive"}"#,
+    )
+    .await;
     assert_eq!(answer, plain("ERROR"));
     drop(holder);
     server.stop().await;
@@ -647,7 +603,7 @@ async fn the_connection_cap_is_shared_by_both_listeners() {
 
 #[tokio::test]
 async fn shutdown_answers_an_unfinished_message_with_error() {
-    let server = CompatServer::with_config(ServerConfig {
+    let server = compat_server(ServerConfig {
         max_connections: 1,
         ..ServerConfig::default()
     })
@@ -656,7 +612,7 @@ async fn shutdown_answers_an_unfinished_message_with_error() {
     let bytes = request(r#"{"action": "query", "type": "hive"}"#);
     stream.write_all(&bytes[..10]).await.unwrap();
 
-    server.shutdown.cancel();
+    server.begin_shutdown();
     assert_eq!(read_answer(&mut stream).await, plain("ERROR"));
     let addr = server.addr;
     server.stopped().await;
@@ -666,72 +622,31 @@ async fn shutdown_answers_an_unfinished_message_with_error() {
     );
 }
 
-/// Starts the binary and reads the addresses from its `compat listening on` and
-/// `listening on` lines, in that order.
-fn start_binary(args: &[&str], envs: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-    let mut line = |prefix: &str| -> SocketAddr {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("a line on stdout");
-        line.trim()
-            .strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-            .parse()
-            .expect("an address")
-    };
-    let compat = line("compat listening on ");
-    let addr = line("listening on ");
-    (child, compat, addr)
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args(["-s", name, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-/// Waits for the process to exit, killing it if it overstays.
-fn wait(mut child: Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Starts the binary; its `compat listening on` line must come before `listening on`.
+async fn start_binary(args: &[&str], envs: &[(&str, &str)]) -> (Process, SocketAddr) {
+    let process = Process::start(BIN, args, envs).await;
+    let compat = process
+        .announced("compat")
+        .expect("a `compat listening on` line before `listening on`");
+    (process, compat)
 }
 
 #[tokio::test]
 async fn the_binary_prints_the_compat_line_first_and_serves_one_registry() {
-    let (child, compat, addr) = start_binary(
+    let (process, compat) = start_binary(
         &["--listen", "127.0.0.1:0"],
         &[("DISCOVERY_COMPAT_LISTEN", "127.0.0.1:0")],
-    );
+    )
+    .await;
+    let addr = process.addr;
     assert_ne!(compat, addr);
     let id = register(compat, "hive", 65433).await;
     let mut wire = Wire::hello(addr).await;
     assert_eq!(wire.query("hive").await[0].id, id);
     drop(wire);
 
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || wait(child))
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    process.signal("TERM");
+    assert_eq!(process.wait().await.code(), Some(0));
 }
 
 #[test]
@@ -752,9 +667,9 @@ fn the_same_address_for_both_listeners_is_a_configuration_error() {
 /// The course-style Python client against the binary: register, heartbeat, query, a few
 /// refusals, then the expiry after the 1 s TTL. python3 is on every machine here, so a
 /// missing one fails the test.
-#[test]
-fn the_python_client_of_the_course_works_unchanged() {
-    let (server, compat, _) = start_binary(
+#[tokio::test]
+async fn the_python_client_of_the_course_works_unchanged() {
+    let (server, compat) = start_binary(
         &[
             "--listen",
             "127.0.0.1:0",
@@ -764,9 +679,10 @@ fn the_python_client_of_the_course_works_unchanged() {
             "1s",
         ],
         &[],
-    );
+    )
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat_client.py");
-    let client = Command::new("python3")
+    let client = tokio::process::Command::new("python3")
         .args([
             script,
             &compat.ip().to_string(),
@@ -779,14 +695,12 @@ fn the_python_client_of_the_course_works_unchanged() {
         .spawn();
     let client = match client {
         Ok(client) => client,
-        Err(e) => {
-            let _ = Command::new("kill").arg(server.id().to_string()).status();
-            panic!("python3 is required for this test and did not start: {e}");
-        }
+        // Dropping the server kills it.
+        Err(e) => panic!("python3 is required for this test and did not start: {e}"),
     };
-    let output = client.wait_with_output().expect("the client runs");
-    signal(&server, "TERM");
-    let status = wait(server);
+    let output = client.wait_with_output().await.expect("the client runs");
+    server.signal("TERM");
+    let status = server.wait().await;
     assert!(
         output.status.success(),
         "the Python client failed ({}):\n{}{}",

@@ -7,16 +7,15 @@
 //! a 3 s TTL, was never lost (every heartbeat was answered `Ok`) and is still listed.
 //! `docs/RELIABILITY.md` says what each test shows.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{PATIENCE, TestServer, Wire, register};
 use discovery_proto::{
     ClientFrame, ErrorKind, PROTOCOL_VERSION, Request, Response, SERVER_REQUEST_ID, encoding,
 };
 use discovery_server::ServerConfig;
+use discovery_test_support::wire::register;
+use discovery_test_support::{PATIENCE, TestServer, Wire};
 use futures_util::{StreamExt, stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,15 +1,15 @@
 //! The server over real TCP on port 0, in real time: every request, pipelining, each kind of
 //! bad frame, the limits, and graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{PATIENCE, TestServer, Wire, eventually, register, short_ttl};
 use discovery_proto::{
     ClientFrame, ErrorKind, MAX_FRAME_BYTES, PROTOCOL_VERSION, Request, Response, encoding,
 };
 use discovery_server::ServerConfig;
+use discovery_test_support::server::config_with_ttl as short_ttl;
+use discovery_test_support::wire::register;
+use discovery_test_support::{PATIENCE, TestServer, Wire, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A raw frame: the length prefix, then `payload`.
@@ -37,7 +37,7 @@ async fn still_registered(server: &TestServer, service_type: &str, id: uuid::Uui
 #[tokio::test]
 async fn welcome_announces_version_ttl_and_limits() {
     let mut config = short_ttl(Duration::from_millis(1500));
-    config.max_frame_bytes = 4096;
+    config.registry.max_frame_bytes = 4096;
     let server = TestServer::with_config(config).await;
     let mut wire = Wire::connect(server.addr).await;
     let welcome = wire
@@ -175,7 +175,8 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_query_of_100_000_instances_spans_frames() {
-    let server = TestServer::start().await;
+    // A TTL no slow machine can outrun while it registers them all.
+    let server = TestServer::with_config(short_ttl(Duration::from_secs(3600))).await;
     let mut wire = Wire::hello(server.addr).await;
     let total = 100_000u32;
     // Register in pipelined batches: 2,000 ports on each of 50 addresses.
@@ -303,11 +304,9 @@ async fn undecodable_frames_get_an_error_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn an_oversize_frame_ends_only_its_connection() {
-    let server = TestServer::with_config(ServerConfig {
-        max_frame_bytes: 2048,
-        ..ServerConfig::default()
-    })
-    .await;
+    let mut config = ServerConfig::default();
+    config.registry.max_frame_bytes = 2048;
+    let server = TestServer::with_config(config).await;
     let mut setup = Wire::hello(server.addr).await;
     let kept = setup.register("kept", 9000).await;
 

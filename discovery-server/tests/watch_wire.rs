@@ -1,17 +1,17 @@
 //! Watches over real TCP: pushes, unwatching, limits, resuming after a dropped connection,
 //! multi-frame snapshots, idle connections that watch, and a consumer that does not read.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestServer, Wire, register};
 use discovery_proto::{
     ClientFrame, ErrorKind, Instance, Metadata, RemoveReason, Request, Response, Revision,
     ServerFrame, encoding,
 };
 use discovery_server::{RegistryConfig, ServerConfig};
+use discovery_test_support::server::config_with_ttl;
+use discovery_test_support::wire::register;
+use discovery_test_support::{TestServer, Wire};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -147,7 +147,7 @@ async fn changes_are_pushed_until_unwatch() {
 
 #[tokio::test]
 async fn an_expiry_is_pushed_as_expired() {
-    let server = TestServer::with_config(common::short_ttl(Duration::from_secs(1))).await;
+    let server = TestServer::with_config(config_with_ttl(Duration::from_secs(1))).await;
     let mut watcher = Wire::hello(server.addr).await;
     let id = watcher.send(watch("cache", None)).await;
     read_snapshot(&mut watcher, id, &mut View::default()).await;

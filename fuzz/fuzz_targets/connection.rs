@@ -15,13 +15,15 @@
 #![no_main]
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use discovery_fuzz::{KEPT_PORT, KEPT_TYPE, Setup, client_frame, hello};
 use discovery_proto::codec::ClientCodec;
 use discovery_proto::{ErrorKind, Metadata, Response, SERVER_REQUEST_ID};
-use discovery_server::connection::Connection;
+use discovery_server::binary::Connection;
+use discovery_server::frontend::Context;
 use discovery_server::{Registry, ServerConfig};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
 fn config(setup: Setup) -> ServerConfig {
     let mut config = ServerConfig::default();
     if setup.small_frames {
-        config.max_frame_bytes = 1024;
+        config.registry.max_frame_bytes = 1024;
     }
     // Nothing expires during a run; small caps, so that the stream can reach them.
     config.registry.ttl = Duration::from_secs(3600);
@@ -73,7 +75,11 @@ async fn serve(setup: Setup, input: &[u8]) {
 
     let (client, server) = tokio::io::duplex(setup.pipe_capacity);
     let peer = SocketAddr::new(localhost, 40000);
-    let connection = Connection::new(server, peer, &config);
+    let context = Context {
+        registry: registry.clone(),
+        config: Arc::new(config),
+    };
+    let connection = Connection::new(server, peer, &context);
     let shutdown = CancellationToken::new();
     let (mut reader, mut writer) = tokio::io::split(client);
     let write = async {
@@ -90,7 +96,7 @@ async fn serve(setup: Setup, input: &[u8]) {
         let _ = reader.read_to_end(&mut answers).await;
         answers
     };
-    let run = connection.run(registry.clone(), &config, &shutdown);
+    let run = connection.run(&context, &shutdown);
     let ((), answers, _ended) =
         tokio::time::timeout(VIRTUAL_PATIENCE, async { tokio::join!(write, read, run) })
             .await

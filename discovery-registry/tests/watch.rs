@@ -9,9 +9,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use discovery_proto::{Metadata, RemoveReason, Revision};
-use discovery_server::registry::Subscription;
-use discovery_server::watch::{Change, ChangeEvent, WatchStart};
-use discovery_server::{Registry, RegistryConfig};
+use discovery_registry::Subscription;
+use discovery_registry::{Change, ChangeEvent, WatchStart};
+use discovery_registry::{Registry, RegistryConfig};
 use futures_util::{FutureExt, Stream, StreamExt};
 use uuid::Uuid;
 
@@ -80,10 +80,16 @@ fn removed(change: &Change) -> (Uuid, RemoveReason) {
 }
 
 /// Lets the expiry task run at the current paused instant.
-async fn settle() {
-    for _ in 0..5 {
-        tokio::task::yield_now().await;
-    }
+async fn settle(registry: &Registry) {
+    let before = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3600), registry.expiry_caught_up())
+        .await
+        .expect("the expiry task catches up");
+    assert_eq!(
+        tokio::time::Instant::now(),
+        before,
+        "the task ran without time moving"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -121,10 +127,10 @@ async fn every_kind_of_change_is_an_event() {
 
     // Expiry, at the deadline, with nobody asking.
     tokio::time::advance(TTL - Duration::from_millis(1)).await;
-    settle().await;
+    settle(&registry).await;
     assert_quiet(&mut watch);
     tokio::time::advance(Duration::from_millis(1)).await;
-    settle().await;
+    settle(&registry).await;
     let change = next_change(&mut watch);
     assert_eq!(removed(&change), (replacement, RemoveReason::Expired));
     assert_quiet(&mut watch);
@@ -298,7 +304,7 @@ async fn a_feed_is_forgotten_a_window_after_its_last_watcher() {
     drop(watch);
 
     tokio::time::advance(window - Duration::from_millis(1)).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(registry.watched_types(), 1, "kept for the window");
     let mut again = registry.watch("billing", Some(start)).expect("watch");
     assert!(matches!(
@@ -309,7 +315,7 @@ async fn a_feed_is_forgotten_a_window_after_its_last_watcher() {
 
     // The window starts again from the last watcher's leaving.
     tokio::time::advance(window).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(registry.watched_types(), 0, "forgotten with no watcher");
     let mut late = registry.watch("billing", Some(start)).expect("watch");
     assert!(
@@ -336,6 +342,6 @@ async fn a_snapshot_never_holds_an_expired_instance() {
     let mut watch = registry.watch("billing", None).expect("watch");
     let (_, ids, _) = snapshot(&mut watch);
     assert!(ids.is_empty(), "{id} is gone");
-    settle().await;
+    settle(&registry).await;
     assert_quiet(&mut watch);
 }

@@ -1,5 +1,5 @@
-//! One client connection: the socket, its buffers, and the loop that reads requests and
-//! writes answers.
+//! One client connection of the binary protocol: the stream, its buffers, and the loop
+//! that reads requests and writes answers.
 //!
 //! The loop owns the reading itself instead of using `Framed`, because two limits need to
 //! know what `Framed` hides: the idle timeout runs while no byte of a frame has come, and the
@@ -19,21 +19,19 @@ use discovery_proto::encoding::InstancesWriter;
 use discovery_proto::{
     ClientFrame, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
 };
+use discovery_registry::{Change, ChangeEvent, Registry, Subscription, WatchStart};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::ServerConfig;
-use crate::handler::{self, Answer};
-use crate::registry::Subscription;
-use crate::watch::{Change, ChangeEvent, WatchStart};
-use crate::{Error, Registry};
+use super::handler::{self, Answer};
+use crate::Error;
+use crate::frontend::{self, Context};
 
 /// How many bytes of answers a connection gathers before it writes them out even though
 /// more pipelined requests are waiting to be answered.
@@ -42,14 +40,11 @@ const FLUSH_AT: usize = 256 * 1024;
 /// How much is read from the socket at a time, at least.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// How long a closing connection waits for its client to close too.
-const LINGER: Duration = Duration::from_secs(1);
-
 /// A client connection and its buffers.
 ///
-/// Generic over the byte stream so that tests and fuzz targets can drive it through an
-/// in-memory pipe (`tokio::io::duplex`); the server gives it a `TcpStream`.
-pub struct Connection<S = TcpStream> {
+/// Generic over the byte stream: the server gives it a TCP socket (or a TLS stream over
+/// one), tests and fuzz targets an in-memory pipe (`tokio::io::duplex`).
+pub struct Connection<S> {
     stream: S,
     peer: SocketAddr,
     codec: ServerCodec,
@@ -88,12 +83,13 @@ enum Fill {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    /// Wraps an accepted socket; `peer` names it in the logs.
-    pub fn new(stream: S, peer: SocketAddr, config: &ServerConfig) -> Self {
+    /// Wraps an accepted stream; `peer` names it in the logs.
+    pub fn new(stream: S, peer: SocketAddr, context: &Context) -> Self {
+        let config = &context.config;
         Self {
             stream,
             peer,
-            codec: ServerCodec::new(config.max_frame_bytes),
+            codec: ServerCodec::new(context.max_frame_bytes()),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(READ_CHUNK),
             scratch: Vec::new(),
@@ -111,10 +107,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// server shuts down. Requests already read when shutdown begins are still answered.
     pub async fn run(
         mut self,
-        registry: Registry,
-        config: &ServerConfig,
+        context: &Context,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
+        let registry = &context.registry;
         let max_frame_bytes = self.codec.max_frame_bytes();
         let mut greeted = false;
         loop {
@@ -124,14 +120,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(ClientFrame {
                         request_id,
                         request,
-                    }) if greeted => (
-                        request_id,
-                        handler::handle(&registry, max_frame_bytes, request),
-                    ),
+                    }) if greeted => (request_id, handler::handle(registry, request)),
                     Ok(ClientFrame {
                         request_id,
                         request,
-                    }) => (request_id, handler::hello(config, &request)),
+                    }) => (request_id, handler::hello(registry, &request)),
                     Err(e) if greeted => {
                         let request_id = e.request_id().unwrap_or(SERVER_REQUEST_ID);
                         let answer = handler::error(ErrorKind::MalformedFrame, e.to_string());
@@ -144,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 };
                 greeted = true;
-                if !self.answer(&registry, request_id, answer, max_frame_bytes)? {
+                if !self.answer(registry, request_id, answer, max_frame_bytes)? {
                     return self.close().await;
                 }
                 // A read can hold thousands of small queries with large answers: write out
@@ -160,7 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 let Some(Some((id, change))) = self.watches.next().now_or_never() else {
                     break;
                 };
-                self.change(&registry, id, change, max_frame_bytes)?;
+                self.change(registry, id, change, max_frame_bytes)?;
             }
             self.flush().await?;
             match self.fill(shutdown).await? {
@@ -175,7 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Ok(());
                 }
                 Fill::Change(id, change) => {
-                    self.change(&registry, id, change, max_frame_bytes)?;
+                    self.change(registry, id, change, max_frame_bytes)?;
                 }
                 Fill::Shutdown => {
                     let bye =
@@ -373,18 +366,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Sends the last answers and closes, so that the client reads them. Closing a socket
-    /// with unread input makes the kernel send a reset, which can destroy answers the client
-    /// has not read yet; so the write side is shut first and what the client still sends is
-    /// read and dropped, for a bounded time, until it closes too.
+    /// Sends the last answers and closes, so that the client reads them
+    /// ([`frontend::close_gracefully`]).
     async fn close(&mut self) -> Result<(), Error> {
         self.flush().await?;
-        self.stream.shutdown().await?;
-        let drain = async {
-            let mut sink = [0u8; 4096];
-            while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {}
-        };
-        let _ = timeout(LINGER, drain).await;
+        frontend::close_gracefully(&mut self.stream).await?;
         Ok(())
     }
 
@@ -393,16 +379,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn fill(&mut self, shutdown: &CancellationToken) -> Result<Fill, Error> {
         // A connection with an open watch is waiting for pushes, not idle.
         let deadline = match self.frame_started {
-            Some(started) => Some(started + self.frame_timeout),
-            None if self.watches.is_empty() => Some(self.last_frame + self.idle_timeout),
+            Some(started) => frontend::deadline(started, self.frame_timeout),
+            None if self.watches.is_empty() => {
+                frontend::deadline(self.last_frame, self.idle_timeout)
+            }
             None => None,
         };
-        let timeout = async move {
-            match deadline {
-                Some(deadline) => sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timeout = frontend::sleep_until(deadline);
         self.read_buf.reserve(READ_CHUNK);
         tokio::select! {
             biased;
@@ -448,8 +431,12 @@ fn change_frame(id: RequestId, change: &Change) -> ServerFrame {
     ServerFrame::new(id, response)
 }
 
-/// Refuses a connection over the cap with an error frame, then closes it.
-pub async fn refuse(mut stream: TcpStream, kind: ErrorKind, message: &str) {
+/// Refuses a connection with an error frame, then closes it.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    kind: ErrorKind,
+    message: &str,
+) {
     let mut codec = ServerCodec::default();
     let mut buf = BytesMut::new();
     let frame = ServerFrame::new(
@@ -461,14 +448,7 @@ pub async fn refuse(mut stream: TcpStream, kind: ErrorKind, message: &str) {
     );
     if codec.encode(&frame, &mut buf).is_ok() {
         // A peer that does not take one small frame within a second is not waited for.
-        let _ = timeout(Duration::from_secs(1), stream.write_all_buf(&mut buf)).await;
+        let _ = timeout(frontend::LINGER, stream.write_all_buf(&mut buf)).await;
     }
-    let _ = stream.shutdown().await;
-    // As in `Connection::close`: dropping a socket with unread input sends a reset that can
-    // destroy the refusal before the client reads it, so drain for a bounded time first.
-    let drain = async {
-        let mut sink = [0u8; 1024];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
-    let _ = timeout(LINGER, drain).await;
+    let _ = frontend::close_gracefully(&mut stream).await;
 }

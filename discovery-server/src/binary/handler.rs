@@ -1,15 +1,9 @@
-//! Handling a request: a plain function from the registry and a request to an answer, with
-//! no I/O, so that every rule of the protocol can be read in one place and tested alone.
+//! Handling a request of the binary protocol: a plain function from the registry and a
+//! request to an answer, with no I/O, so that every rule of the protocol can be read in one
+//! place and tested alone.
 
-use std::net::IpAddr;
-
-use discovery_proto::encoding;
-use discovery_proto::{ErrorKind, Metadata, PROTOCOL_VERSION, Request, RequestId, Response};
-use uuid::Uuid;
-
-use crate::config::ServerConfig;
-use crate::registry::Subscription;
-use crate::{Error, Registry};
+use discovery_proto::{ErrorKind, PROTOCOL_VERSION, Request, RequestId, Response};
+use discovery_registry::{Registry, Subscription};
 
 /// What a request is answered with.
 #[derive(Debug)]
@@ -29,14 +23,15 @@ pub enum Answer {
 }
 
 /// Answers the first frame of a connection, which must be `Hello` in the version we speak.
-pub fn hello(config: &ServerConfig, request: &Request) -> Answer {
+/// The `Welcome` announces the registry's own TTL and limits.
+pub fn hello(registry: &Registry, request: &Request) -> Answer {
     match request {
         Request::Hello {
             protocol_version, ..
         } if *protocol_version == PROTOCOL_VERSION => Answer::Response(Response::Welcome {
             protocol_version: PROTOCOL_VERSION,
-            ttl: config.registry.ttl,
-            limits: config.limits(),
+            ttl: registry.config().ttl,
+            limits: registry.config().limits(),
         }),
         Request::Hello {
             protocol_version, ..
@@ -59,7 +54,7 @@ pub fn hello_required() -> Response {
 }
 
 /// Answers a request on a connection that has said `Hello`.
-pub fn handle(registry: &Registry, max_frame_bytes: usize, request: Request) -> Answer {
+pub fn handle(registry: &Registry, request: Request) -> Answer {
     let response = match request {
         Request::Hello { .. } => error(
             ErrorKind::UnexpectedHello,
@@ -70,7 +65,7 @@ pub fn handle(registry: &Registry, max_frame_bytes: usize, request: Request) -> 
             ip,
             port,
             metadata,
-        } => match register(registry, max_frame_bytes, &service_type, ip, port, metadata) {
+        } => match registry.register(&service_type, ip, port, metadata) {
             Ok(id) => Response::Registered { id },
             Err(e) => error(e.kind(), e.to_string()),
         },
@@ -104,26 +99,4 @@ fn found(found: bool) -> Response {
     } else {
         Response::NotFound
     }
-}
-
-/// Registers an instance, refusing one that could not be sent in a query answer within
-/// `max_frame_bytes`: the one register of both listeners.
-pub fn register(
-    registry: &Registry,
-    max_frame_bytes: usize,
-    service_type: &str,
-    ip: IpAddr,
-    port: u16,
-    metadata: Metadata,
-) -> Result<Uuid, Error> {
-    // The same fields in the same order encode to the same bytes as the instance would, and
-    // the largest timestamp stands in for the real one: no instance is built to measure it.
-    let fields = (Uuid::nil(), service_type, ip, port, &metadata, i64::MAX);
-    let len = encoding::instance_frame_len_of(&fields);
-    if len > max_frame_bytes {
-        return Err(Error::InvalidMetadata(format!(
-            "the instance would take {len} bytes in a query answer, over this server's frame limit of {max_frame_bytes}"
-        )));
-    }
-    registry.register(service_type, ip, port, metadata)
 }

@@ -5,23 +5,21 @@
 //! than copies of keys:
 //!
 //! - `slots`: the entries, reused through a free list; a slot's `generation` changes each
-//!   time it is freed, so that a stale reference to it is recognised.
+//!   time it is freed (or stops being timed here), so that a stale reference to it is
+//!   recognised.
 //! - `by_id`: id → slot, a `hashbrown::HashTable` of slot numbers hashed by the id. Ids are
 //!   random v4 UUIDs made by the server, so their first 8 bytes are already a good hash.
 //! - `by_endpoint`: (type, ip, port) → slot, for replacement; hashed with a keyed hasher,
 //!   since endpoints are chosen by peers.
 //! - `types`: per type, its interned name and the slot numbers of its instances, so that a
 //!   query visits only that type.
-//! - `wheel`: the deadline index, buckets of (slot, generation) by millisecond. An entry is
-//!   filed once per TTL at most: a heartbeat only moves the deadline in the slot, and the
-//!   bucket, when it comes due, frees the entry or files it again under its real deadline.
-//!   A deregistered slot is not looked for in the wheel; its stale reference is skipped when
-//!   its bucket comes due.
+//! - `deadlines`: the deadline index (the `deadlines` module), which the expiry pass walks.
 //!
-//! Times are nanoseconds since the registry's epoch (a `tokio::time::Instant`), so that
-//! liveness is exact; buckets round deadlines up to the millisecond.
-
-use std::collections::{BTreeMap, HashMap};
+//! An entry is either *timed* here (it lives until its deadline, and is filed in the
+//! deadline index) or *held* (it was learned from elsewhere, lives until it is removed, and
+//! is not filed; its deadline field keeps the wall-clock time it shows, see
+//! [`crate::clock::Clock::held`]).
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,11 +28,8 @@ use discovery_proto::Metadata;
 use hashbrown::HashTable;
 use uuid::Uuid;
 
-/// Nanoseconds since the registry's epoch.
-pub(crate) type Nanos = u64;
-
-/// The width of a deadline bucket, in nanoseconds (1 ms).
-const TICK: Nanos = 1_000_000;
+use crate::clock::Nanos;
+use crate::deadlines::Deadlines;
 
 /// The slot number that means "none" in the free list.
 const NO_SLOT: u32 = u32::MAX;
@@ -47,20 +42,27 @@ pub(crate) struct Slot {
     pub(crate) deadline: Nanos,
     /// `None` for the common case of no metadata, which then costs no allocation.
     metadata: Option<Box<Metadata>>,
-    /// An IPv4 address in its first 4 bytes when `v4`, else an IPv6 address.
+    /// An IPv4 address in its first 4 bytes when [`V4`] is set, else an IPv6 address.
     ip: [u8; 16],
     type_index: u32,
     /// Where this slot sits in its type's members, or the next free slot when free.
     position: u32,
     generation: u32,
     pub(crate) port: u16,
-    v4: bool,
-    occupied: bool,
+    /// [`V4`], [`OCCUPIED`] and [`HELD`].
+    flags: u8,
 }
+
+/// The slot's `ip` is an IPv4 address in its first 4 bytes.
+const V4: u8 = 1;
+/// The slot holds an entry.
+const OCCUPIED: u8 = 2;
+/// The entry is held (learned from elsewhere, live until removed), not timed here.
+const HELD: u8 = 4;
 
 impl Slot {
     pub(crate) fn ip(&self) -> IpAddr {
-        if self.v4 {
+        if self.flags & V4 != 0 {
             IpAddr::from([self.ip[0], self.ip[1], self.ip[2], self.ip[3]])
         } else {
             IpAddr::from(self.ip)
@@ -72,12 +74,39 @@ impl Slot {
         self.metadata.as_deref().unwrap_or(&EMPTY)
     }
 
+    /// True while the entry is live at `now`: a held entry always is.
+    pub(crate) fn is_live(&self, now: Nanos) -> bool {
+        self.deadline > now || self.is_held()
+    }
+
+    /// True when the entry was learned from elsewhere and lives until it is removed.
+    pub(crate) fn is_held(&self) -> bool {
+        self.flags & HELD != 0
+    }
+
+    fn is_occupied(&self) -> bool {
+        self.flags & OCCUPIED != 0
+    }
+
+    fn is_v4(&self) -> bool {
+        self.flags & V4 != 0
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            type_index: self.type_index,
+            ip: self.ip,
+            v4: self.is_v4(),
+            port: self.port,
+        }
+    }
+
     /// True when this slot holds the entry of `endpoint`.
     fn is(&self, endpoint: &Endpoint) -> bool {
-        self.occupied
+        self.is_occupied()
             && self.type_index == endpoint.type_index
             && self.port == endpoint.port
-            && self.v4 == endpoint.v4
+            && self.is_v4() == endpoint.v4
             && self.ip == endpoint.ip
     }
 }
@@ -91,6 +120,7 @@ pub(crate) struct Removed {
     pub(crate) port: u16,
     pub(crate) metadata: Option<Box<Metadata>>,
     pub(crate) deadline: Nanos,
+    pub(crate) held: bool,
 }
 
 /// A type and its instances. A type with no members is free, to be reused.
@@ -128,6 +158,26 @@ impl Endpoint {
     }
 }
 
+/// A new entry, as [`Table::insert`] takes it.
+pub(crate) struct NewEntry<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) service_type: &'a str,
+    pub(crate) ip: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) metadata: Metadata,
+    pub(crate) deadline: Nanos,
+    pub(crate) timing: Timing,
+}
+
+/// Whether an entry is timed here or held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timing {
+    /// Live until its deadline, and filed in the deadline index.
+    Timed,
+    /// Live until removed; not filed.
+    Held,
+}
+
 /// What an expiry pass found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -153,7 +203,7 @@ pub(crate) struct Table {
     free_types: Vec<u32>,
     /// The name of a free type: one allocation shared by all of them.
     unnamed: Arc<str>,
-    wheel: BTreeMap<u64, Vec<(u32, u32)>>,
+    deadlines: Deadlines,
 }
 
 fn id_hash(id: &Uuid) -> u64 {
@@ -161,10 +211,6 @@ fn id_hash(id: &Uuid) -> u64 {
     u64::from_le_bytes([
         bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
     ])
-}
-
-fn tick_of(deadline: Nanos) -> u64 {
-    deadline.div_ceil(TICK)
 }
 
 impl Table {
@@ -180,7 +226,7 @@ impl Table {
             type_index: HashMap::new(),
             free_types: Vec::new(),
             unnamed: Arc::from(""),
-            wheel: BTreeMap::new(),
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -215,7 +261,7 @@ impl Table {
         self.by_id
             .find(id_hash(id), |&index| {
                 let slot = &slots[index as usize];
-                slot.occupied && slot.id == *id
+                slot.is_occupied() && slot.id == *id
             })
             .copied()
     }
@@ -241,15 +287,16 @@ impl Table {
     }
 
     /// Adds an entry; the endpoint must not be in the table already.
-    pub(crate) fn insert(
-        &mut self,
-        id: Uuid,
-        service_type: &str,
-        ip: IpAddr,
-        port: u16,
-        metadata: Metadata,
-        deadline: Nanos,
-    ) -> u32 {
+    pub(crate) fn insert(&mut self, entry: NewEntry<'_>) -> u32 {
+        let NewEntry {
+            id,
+            service_type,
+            ip,
+            port,
+            metadata,
+            deadline,
+            timing,
+        } = entry;
         let type_index = self.intern(service_type);
         let endpoint = Endpoint::new(type_index, ip, port);
         let members = &mut self.types[type_index as usize].members;
@@ -263,8 +310,9 @@ impl Table {
             position,
             generation: 0,
             port,
-            v4: endpoint.v4,
-            occupied: true,
+            flags: OCCUPIED
+                | if endpoint.v4 { V4 } else { 0 }
+                | if timing == Timing::Held { HELD } else { 0 },
         };
         let index = if self.free == NO_SLOT {
             self.slots.push(slot);
@@ -286,28 +334,41 @@ impl Table {
         let hasher = &self.endpoint_hasher;
         self.by_endpoint
             .insert_unique(hasher.hash_one(&endpoint), index, |&i| {
-                let slot = &slots[i as usize];
-                hasher.hash_one(Endpoint {
-                    type_index: slot.type_index,
-                    ip: slot.ip,
-                    v4: slot.v4,
-                    port: slot.port,
-                })
+                hasher.hash_one(slots[i as usize].endpoint())
             });
-        self.file(index, deadline);
+        if timing == Timing::Timed {
+            self.file(index, deadline);
+        }
         index
+    }
+
+    /// Makes an entry timed here until `deadline`, or held with `deadline` as the time it
+    /// shows. A held entry's old reference in the deadline index is made stale.
+    pub(crate) fn set_timing(&mut self, index: u32, deadline: Nanos, timing: Timing) {
+        let slot = &mut self.slots[index as usize];
+        let was_held = slot.is_held();
+        slot.deadline = deadline;
+        match timing {
+            Timing::Held => {
+                slot.flags |= HELD;
+                if !was_held {
+                    slot.generation = slot.generation.wrapping_add(1);
+                }
+            }
+            Timing::Timed => {
+                slot.flags &= !HELD;
+                if was_held {
+                    self.file(index, deadline);
+                }
+            }
+        }
     }
 
     /// Takes an entry out of every index and frees its slot.
     pub(crate) fn remove(&mut self, index: u32) -> Removed {
         let slot = &self.slots[index as usize];
         let id = slot.id;
-        let endpoint = Endpoint {
-            type_index: slot.type_index,
-            ip: slot.ip,
-            v4: slot.v4,
-            port: slot.port,
-        };
+        let endpoint = slot.endpoint();
         let (type_index, position) = (slot.type_index, slot.position);
         if let Ok(entry) = self.by_id.find_entry(id_hash(&id), |&i| i == index) {
             entry.remove();
@@ -336,8 +397,9 @@ impl Table {
             port: slot.port,
             metadata: slot.metadata.take(),
             deadline: slot.deadline,
+            held: slot.is_held(),
         };
-        slot.occupied = false;
+        slot.flags &= !OCCUPIED;
         slot.generation = slot.generation.wrapping_add(1);
         slot.position = self.free;
         self.free = index;
@@ -345,13 +407,10 @@ impl Table {
         removed
     }
 
-    /// Files a slot in the wheel under `deadline`.
+    /// Files a slot in the deadline index under `deadline`.
     pub(crate) fn file(&mut self, index: u32, deadline: Nanos) {
         let generation = self.slots[index as usize].generation;
-        self.wheel
-            .entry(tick_of(deadline))
-            .or_default()
-            .push((index, generation));
+        self.deadlines.file((index, generation), deadline);
     }
 
     /// Handles the buckets due at `now`, up to `budget` references: entries whose deadline
@@ -364,18 +423,15 @@ impl Table {
         mut expired: impl FnMut(&mut Self, u32),
     ) -> Due {
         loop {
-            let Some(entry) = self.wheel.first_entry() else {
-                return Due::Idle;
+            let (tick, bucket) = match self.deadlines.take_due(now) {
+                Ok(due) => due,
+                Err(Some(at)) => return Due::Until(at),
+                Err(None) => return Due::Idle,
             };
-            let tick = *entry.key();
-            if tick.saturating_mul(TICK) > now {
-                return Due::Until(tick.saturating_mul(TICK));
-            }
-            let bucket = entry.remove();
             let mut references = bucket.into_iter();
             for (index, generation) in references.by_ref() {
                 let slot = &self.slots[index as usize];
-                if !slot.occupied || slot.generation != generation {
+                if !slot.is_occupied() || slot.generation != generation || slot.is_held() {
                     continue;
                 }
                 let deadline = slot.deadline;
@@ -391,13 +447,13 @@ impl Table {
             }
             let rest: Vec<_> = references.collect();
             if !rest.is_empty() {
-                self.wheel.entry(tick).or_default().extend(rest);
+                self.deadlines.put_back(tick, rest);
                 return Due::More;
             }
             if budget == 0 {
-                return match self.wheel.first_key_value() {
-                    Some((&tick, _)) if tick.saturating_mul(TICK) <= now => Due::More,
-                    Some((&tick, _)) => Due::Until(tick.saturating_mul(TICK)),
+                return match self.deadlines.earliest() {
+                    Some(at) if at <= now => Due::More,
+                    Some(at) => Due::Until(at),
                     None => Due::Idle,
                 };
             }
@@ -439,7 +495,7 @@ impl Table {
     #[cfg(test)]
     pub(crate) fn assert_consistent(&self) {
         let occupied: Vec<u32> = (0..self.slots.len() as u32)
-            .filter(|&i| self.slots[i as usize].occupied)
+            .filter(|&i| self.slots[i as usize].is_occupied())
             .collect();
         assert_eq!(occupied.len(), self.len);
         assert_eq!(self.by_id.len(), self.len);
@@ -453,19 +509,15 @@ impl Table {
             assert_eq!(self.find_endpoint(name, slot.ip(), slot.port), Some(index));
             let ty = &self.types[slot.type_index as usize];
             assert_eq!(ty.members[slot.position as usize], index);
-            let filed = self
-                .wheel
-                .values()
-                .flatten()
-                .filter(|&&(i, g)| i == index && g == slot.generation)
-                .count();
-            assert_eq!(filed, 1, "slot {index} filed once");
-            let earliest = self
-                .wheel
-                .iter()
-                .find(|(_, refs)| refs.contains(&(index, slot.generation)))
-                .map(|(&tick, _)| tick);
-            assert!(earliest.is_some_and(|tick| tick <= tick_of(slot.deadline)));
+            let (filed, in_time) = self
+                .deadlines
+                .filed((index, slot.generation), slot.deadline);
+            if slot.is_held() {
+                assert_eq!(filed, 0, "held slot {index} not filed");
+            } else {
+                assert_eq!(filed, 1, "slot {index} filed once");
+                assert!(in_time, "slot {index} filed no later than its deadline");
+            }
         }
         for (index, ty) in self.types.iter().enumerate() {
             let indexed = self.type_index.get(&ty.name) == Some(&(index as u32));
@@ -485,9 +537,14 @@ impl Table {
         self.slots.len()
     }
 
-    /// True when `deadline` falls in the earliest bucket of the wheel.
+    /// When the earliest bucket of the deadline index comes due.
+    pub(crate) fn earliest_deadline(&self) -> Option<Nanos> {
+        self.deadlines.earliest()
+    }
+
+    /// True when `deadline` falls in the earliest bucket of the deadline index.
     pub(crate) fn is_earliest(&self, deadline: Nanos) -> bool {
-        self.wheel.first_key_value().map(|(&tick, _)| tick) == Some(tick_of(deadline))
+        self.deadlines.is_earliest(deadline)
     }
 
     /// The number of types with instances (for tests).

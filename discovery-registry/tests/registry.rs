@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use discovery_proto::{Instance, Metadata};
-use discovery_server::{Error, Registry, RegistryConfig};
+use discovery_registry::{Error, Registry, RegistryConfig};
 use tokio::time::advance;
 use uuid::Uuid;
 
@@ -50,12 +50,18 @@ fn ids(instances: &[Instance]) -> Vec<Uuid> {
     ids
 }
 
-/// Lets the expiry task run whatever is due: on the current-thread test runtime it runs
-/// only while the test yields.
-async fn settle() {
-    for _ in 0..16 {
-        tokio::task::yield_now().await;
-    }
+/// Waits until the expiry task has done, on its own, what is due now; fails the test if
+/// the task does not (which a paused clock would hide by moving time on).
+async fn settle(registry: &Registry) {
+    let before = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3600), registry.expiry_caught_up())
+        .await
+        .expect("the expiry task catches up");
+    assert_eq!(
+        tokio::time::Instant::now(),
+        before,
+        "the task ran without time moving"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -90,7 +96,7 @@ async fn a_heartbeat_extends_the_deadline() {
 
     // The old deadline passes: still live, still held.
     advance(Duration::from_secs(2)).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(ids(&registry.query("billing")), vec![id]);
     assert_eq!(registry.len(), 1);
 
@@ -126,11 +132,11 @@ async fn an_expired_entry_is_freed_with_no_query() {
     assert_eq!(registry.len(), 2);
 
     advance(TTL - MS).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(registry.len(), 2);
 
     advance(MS).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(registry.len(), 0);
     assert!(registry.is_empty());
 }
@@ -143,7 +149,7 @@ async fn expiry_by_sleeping_frees_the_entry() {
         .register("billing", ip(1), 8080, Metadata::new())
         .unwrap();
     tokio::time::sleep(TTL).await;
-    settle().await;
+    settle(&registry).await;
     assert!(registry.is_empty());
 }
 
@@ -159,13 +165,13 @@ async fn entries_registered_later_expire_later() {
         .unwrap();
 
     advance(TTL - Duration::from_secs(2)).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(ids(&registry.query("billing")), vec![second]);
     assert_eq!(registry.len(), 1);
     assert!(!registry.heartbeat(first));
 
     advance(Duration::from_secs(2)).await;
-    settle().await;
+    settle(&registry).await;
     assert!(registry.is_empty());
 }
 
@@ -176,7 +182,7 @@ async fn a_register_after_the_index_emptied_wakes_the_task() {
         .register("billing", ip(1), 8080, Metadata::new())
         .unwrap();
     advance(TTL).await;
-    settle().await;
+    settle(&registry).await;
     assert!(registry.is_empty());
 
     // The task now waits with nothing filed; a new entry must still be freed on time.
@@ -184,7 +190,7 @@ async fn a_register_after_the_index_emptied_wakes_the_task() {
         .register("billing", ip(1), 8080, Metadata::new())
         .unwrap();
     advance(TTL).await;
-    settle().await;
+    settle(&registry).await;
     assert!(registry.is_empty());
 }
 
@@ -199,17 +205,17 @@ async fn a_heartbeated_entry_is_filed_again_not_freed_at_its_old_deadline() {
     // filed deadline due it must file the entry again rather than free it.
     for _ in 0..4 {
         advance(TTL - MS).await;
-        settle().await;
+        settle(&registry).await;
         assert!(registry.heartbeat(id));
         assert_eq!(registry.len(), 1);
     }
     advance(TTL - MS).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(registry.len(), 1);
     assert_eq!(ids(&registry.query("billing")), vec![id]);
 
     advance(MS).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(registry.len(), 0);
     assert!(!registry.heartbeat(id));
 }
@@ -247,7 +253,7 @@ async fn the_same_endpoint_replaces_the_older_entry() {
 
     // The replacement has its own deadline, not the older entry's.
     advance(TTL - MS).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(ids(&registry.query("billing")), vec![new]);
     assert!(registry.heartbeat(new));
 }
@@ -296,7 +302,7 @@ async fn deregister_frees_at_once() {
         .register("billing", ip(2), 8080, Metadata::new())
         .unwrap();
     advance(TTL - MS).await;
-    settle().await;
+    settle(&registry).await;
     assert_eq!(ids(&registry.query("billing")), vec![other]);
 }
 
@@ -326,7 +332,7 @@ async fn many_entries_due_at_once_are_all_freed() {
     assert_eq!(registry.len(), 5000);
     assert_eq!(registry.query("bulk").len(), 5000);
     advance(TTL).await;
-    settle().await;
+    settle(&registry).await;
     assert!(registry.is_empty());
     assert!(registry.query("bulk").is_empty());
 }
@@ -573,7 +579,7 @@ async fn an_enormous_ttl_does_not_overflow() {
         .register("billing", ip(1), 80, Metadata::new())
         .unwrap();
     advance(Duration::from_secs(365 * 24 * 60 * 60)).await;
-    settle().await;
+    settle(&registry).await;
     assert!(registry.heartbeat(id));
     assert_eq!(registry.config().ttl, Duration::MAX);
 }
@@ -605,15 +611,15 @@ async fn the_expiry_task_ends_with_the_last_handle() {
         .register("billing", ip(1), 80, Metadata::new())
         .unwrap();
     let clone = registry.clone();
-    settle().await;
+    settle(&registry).await;
     assert_eq!(metrics.num_alive_tasks(), 1);
 
     // One handle left: the task goes on, and still expires entries.
     drop(registry);
-    settle().await;
+    settle(&clone).await;
     assert_eq!(metrics.num_alive_tasks(), 1);
     advance(TTL).await;
-    settle().await;
+    settle(&clone).await;
     assert!(clone.is_empty());
     assert_eq!(metrics.num_alive_tasks(), 1);
 
@@ -621,21 +627,34 @@ async fn the_expiry_task_ends_with_the_last_handle() {
     clone
         .register("billing", ip(1), 80, Metadata::new())
         .unwrap();
-    settle().await;
+    settle(&clone).await;
     drop(clone);
-    settle().await;
-    assert_eq!(metrics.num_alive_tasks(), 0);
+    tasks_end().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_expiry_task_ends_when_dropped_idle() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let registry = registry();
-    settle().await;
+    settle(&registry).await;
     assert_eq!(metrics.num_alive_tasks(), 1);
     drop(registry);
-    settle().await;
-    assert_eq!(metrics.num_alive_tasks(), 0);
+    tasks_end().await;
+}
+
+/// Waits for every task of the runtime to end: the expiry task, woken by the drop of the
+/// last handle, ends the next time it runs.
+async fn tasks_end() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    // Each round lets every ready task run once; the bound only turns a task that never
+    // ends into a failure instead of a hang.
+    for _ in 0..10_000 {
+        if metrics.num_alive_tasks() == 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{} tasks still alive", metrics.num_alive_tasks());
 }
 
 #[test]
@@ -648,4 +667,34 @@ fn the_handle_is_send_sync_and_cheap_to_share() {
 #[should_panic]
 fn new_outside_a_runtime_panics() {
     let _ = Registry::new(RegistryConfig::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_after_a_mass_expiry_starts_from_what_is_live() {
+    let registry = registry();
+    for n in 0..3_000u32 {
+        registry
+            .register(
+                "billing",
+                IpAddr::from((0x0a00_0000 + n).to_be_bytes()),
+                80,
+                Metadata::new(),
+            )
+            .unwrap();
+    }
+    advance(TTL).await;
+    let live = registry
+        .register("billing", ip(1), 8080, Metadata::new())
+        .unwrap();
+    let mut subscription = registry.watch("billing", None).unwrap();
+    match subscription.take_start() {
+        Some(discovery_registry::WatchStart::Snapshot { instances, .. }) => {
+            assert_eq!(ids(&instances), vec![live]);
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    // Nothing expired before the watch can be told to it as a removal.
+    use futures_util::FutureExt;
+    use futures_util::StreamExt;
+    assert!(subscription.next().now_or_never().is_none());
 }

@@ -1,65 +1,15 @@
-//! One helper to start a real server on 127.0.0.1:0 and talk to it in frames or raw bytes.
-
-#![allow(dead_code)]
+//! A connection that speaks the binary protocol's frames with no help from the client
+//! crate, and lets a test write raw bytes beneath them.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use discovery_proto::codec::ClientCodec;
-use discovery_proto::{ClientFrame, PROTOCOL_VERSION, Request, Response, ServerFrame};
-use discovery_server::{Error, Registry, ServerConfig};
+use discovery_proto::{ClientFrame, Instance, PROTOCOL_VERSION, Request, Response, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
 
-/// Generous bound on anything a test waits for; a healthy run takes a small part of it.
-pub const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A server running on its own task, on a port of its own.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub registry: Registry,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), Error>>,
-}
-
-impl TestServer {
-    pub async fn start() -> Self {
-        Self::with_config(ServerConfig::default()).await
-    }
-
-    pub async fn with_config(config: ServerConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let registry = Registry::new(config.registry.clone());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(discovery_server::server::serve(
-            listener,
-            Arc::new(config),
-            registry.clone(),
-            shutdown.clone(),
-        ));
-        Self {
-            addr,
-            registry,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Shuts the server down and waits for it, failing the test if that takes too long.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, self.task)
-            .await
-            .expect("server stops within the deadline")
-            .expect("server task did not panic")
-            .expect("server ended without error");
-    }
-}
+use crate::PATIENCE;
 
 /// A connection speaking frames, with no help from the client crate.
 pub struct Wire {
@@ -128,7 +78,7 @@ impl Wire {
     }
 
     /// Sends a query and joins the frames of its answer.
-    pub async fn query(&mut self, service_type: &str) -> Vec<discovery_proto::Instance> {
+    pub async fn query(&mut self, service_type: &str) -> Vec<Instance> {
         let id = self
             .send(Request::Query {
                 service_type: service_type.into(),
@@ -171,28 +121,5 @@ pub fn register(service_type: &str, port: u16) -> Request {
         ip: "127.0.0.1".parse().expect("ip"),
         port,
         metadata: Default::default(),
-    }
-}
-
-/// A config with a short TTL, for tests that watch instances expire.
-pub fn short_ttl(ttl: Duration) -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.registry.ttl = ttl;
-    config
-}
-
-/// Polls `check` until it holds or the deadline passes.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

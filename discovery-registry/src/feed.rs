@@ -196,9 +196,11 @@ impl Feeds {
         };
         feed.watchers = feed.watchers.saturating_sub(1);
         if feed.watchers == 0 {
-            feed.keep_until = now + self.window;
-            self.forget
-                .insert((feed.keep_until, Arc::clone(service_type)));
+            // A window too long for an `Instant` keeps the feed for as long as the registry.
+            if let Some(keep_until) = now.checked_add(self.window) {
+                feed.keep_until = keep_until;
+                self.forget.insert((keep_until, Arc::clone(service_type)));
+            }
         }
     }
 
@@ -219,6 +221,11 @@ impl Feeds {
             }
         }
         None
+    }
+
+    /// When the next feed may be forgotten, if one waits for that.
+    pub(crate) fn next_forget(&self) -> Option<Instant> {
+        self.forget.first().map(|(at, _)| *at)
     }
 
     /// The number of types with a feed.

@@ -1,0 +1,219 @@
+//! The registry's semantics and limits: the TTL, the caps, the sizes, the watch windows,
+//! each with its documented default.
+//!
+//! A plain struct with `serde::Deserialize` (kebab-case keys, durations written as `5s` or
+//! `1500ms`), so that a frontend's command line or a config file fills it without the
+//! registry knowing either.
+
+use std::time::Duration;
+
+use discovery_proto::{Limits, MAX_FRAME_BYTES};
+use serde::Deserialize;
+
+use crate::Error;
+
+/// How long an instance stays live after its register or its last heartbeat, by default.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// The most live instances the registry holds, by default.
+pub const DEFAULT_MAX_INSTANCES: usize = 1_000_000;
+/// The most live instances of one type, by default.
+pub const DEFAULT_MAX_INSTANCES_PER_TYPE: usize = 100_000;
+/// The longest service type in bytes, by default.
+pub const DEFAULT_MAX_TYPE_BYTES: usize = 255;
+/// The most metadata pairs of one instance, by default.
+pub const DEFAULT_MAX_METADATA_PAIRS: usize = 64;
+/// The longest metadata key in bytes, by default.
+pub const DEFAULT_MAX_METADATA_KEY_BYTES: usize = 128;
+/// The longest metadata value in bytes, by default.
+pub const DEFAULT_MAX_METADATA_VALUE_BYTES: usize = 512;
+/// The smallest frame limit a registry accepts: below it, ordinary instances would not fit.
+pub const MIN_FRAME_BYTES: usize = 1024;
+
+/// How many changes of a watched type are kept for resuming watches, by default.
+pub const DEFAULT_WATCH_HISTORY: usize = 1024;
+/// How many changes may wait for one watcher before it is sent a reset instead, by default.
+pub const DEFAULT_WATCH_QUEUE: usize = 1024;
+/// How long a type's change history outlives its last watcher, by default.
+pub const DEFAULT_WATCH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The registry's semantics and limits. No I/O is configured here.
+///
+/// ```
+/// use std::time::Duration;
+/// use discovery_registry::RegistryConfig;
+///
+/// let config = RegistryConfig { ttl: Duration::from_secs(10), ..RegistryConfig::default() };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    /// How long an instance stays live after its register or last heartbeat. Default 5 s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub ttl: Duration,
+    /// The most live instances in total. Default 1,000,000.
+    pub max_instances: usize,
+    /// The most live instances of one type. Default 100,000.
+    pub max_instances_per_type: usize,
+    /// The longest service type, in bytes. Default 255.
+    pub max_type_bytes: usize,
+    /// The most metadata pairs of one instance. Default 64.
+    pub max_metadata_pairs: usize,
+    /// The longest metadata key, in bytes. Default 128.
+    pub max_metadata_key_bytes: usize,
+    /// The longest metadata value, in bytes. Default 512.
+    pub max_metadata_value_bytes: usize,
+    /// The largest frame payload, in bytes, from 1,024 to 65,536. Every instance must fit in
+    /// one frame of a query answer, so a register of one that would not is refused; the
+    /// server's codec uses the same limit. Default 65,536.
+    pub max_frame_bytes: usize,
+    /// How many changes of a watched type are kept, so that a watcher that reconnects can
+    /// resume without a snapshot. Default 1,024.
+    pub watch_history: usize,
+    /// How many changes may wait for one watcher; one that falls further behind is sent a
+    /// reset snapshot instead. Default 1,024.
+    pub watch_queue: usize,
+    /// How long a type's change history outlives its last watcher; after it, a resume gets
+    /// a reset snapshot. Default 60 s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub watch_window: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            ttl: DEFAULT_TTL,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_instances_per_type: DEFAULT_MAX_INSTANCES_PER_TYPE,
+            max_type_bytes: DEFAULT_MAX_TYPE_BYTES,
+            max_metadata_pairs: DEFAULT_MAX_METADATA_PAIRS,
+            max_metadata_key_bytes: DEFAULT_MAX_METADATA_KEY_BYTES,
+            max_metadata_value_bytes: DEFAULT_MAX_METADATA_VALUE_BYTES,
+            max_frame_bytes: MAX_FRAME_BYTES,
+            watch_history: DEFAULT_WATCH_HISTORY,
+            watch_queue: DEFAULT_WATCH_QUEUE,
+            watch_window: DEFAULT_WATCH_WINDOW,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the values whose types alone do not bound them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting (by its flag's name) and why.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
+            return Err(Error::Config(format!(
+                "max-frame-bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES}, not {}",
+                self.max_frame_bytes
+            )));
+        }
+        if self.ttl.is_zero() {
+            return Err(Error::Config("ttl must be longer than zero".into()));
+        }
+        if self.max_type_bytes == 0 {
+            return Err(Error::Config("max-type-bytes must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The limits as announced to clients in `Welcome`.
+    pub fn limits(&self) -> Limits {
+        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let u64_of = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Limits {
+            max_frame_bytes: u32_of(self.max_frame_bytes.min(MAX_FRAME_BYTES)),
+            max_instances: u64_of(self.max_instances),
+            max_instances_per_type: u64_of(self.max_instances_per_type),
+            max_type_bytes: u32_of(self.max_type_bytes),
+            max_metadata_pairs: u32_of(self.max_metadata_pairs),
+            max_metadata_key_bytes: u32_of(self.max_metadata_key_bytes),
+            max_metadata_value_bytes: u32_of(self.max_metadata_value_bytes),
+        }
+    }
+}
+
+/// Durations in configuration: written as people write them (`5s`, `1500ms`, `1m 30s`),
+/// read with `humantime`. For
+/// `#[serde(deserialize_with = "discovery_registry::config::duration::deserialize")]`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads a duration written as `5s`, `1500ms` or `1m 30s`.
+    ///
+    /// # Errors
+    ///
+    /// The deserializer's error, quoting what could not be read.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Parses a duration written as `5s`, `1500ms` or `1m 30s`.
+    ///
+    /// # Errors
+    ///
+    /// Why the text is not a duration.
+    pub fn parse(text: &str) -> Result<Duration, humantime::DurationError> {
+        humantime::parse_duration(text)
+    }
+
+    /// How a duration is written back: the form [`parse`] reads.
+    pub fn format(duration: Duration) -> String {
+        humantime::format_duration(duration).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(RegistryConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        let cases = [
+            (
+                RegistryConfig {
+                    max_frame_bytes: 100,
+                    ..RegistryConfig::default()
+                },
+                "max-frame-bytes",
+            ),
+            (
+                RegistryConfig {
+                    ttl: Duration::ZERO,
+                    ..RegistryConfig::default()
+                },
+                "ttl",
+            ),
+            (
+                RegistryConfig {
+                    max_type_bytes: 0,
+                    ..RegistryConfig::default()
+                },
+                "max-type-bytes",
+            ),
+        ];
+        for (config, name) in cases {
+            let message = config.validate().expect_err(name).to_string();
+            assert!(message.contains(name), "{message}");
+        }
+    }
+
+    #[test]
+    fn durations_read_and_write_back() {
+        for text in ["5s", "1500ms", "1m 30s"] {
+            let read = duration::parse(text).expect(text);
+            assert_eq!(duration::parse(&duration::format(read)).expect(text), read);
+        }
+        assert!(duration::parse("five").is_err());
+    }
+}
