@@ -243,6 +243,41 @@ async fn connections_up_to_the_cap_and_one_more() {
 }
 
 #[tokio::test]
+async fn a_flood_over_the_cap_is_refused_or_closed_and_costs_no_one() {
+    // More connections over the cap than refusals may be under way at once, none of which
+    // reads or closes: each is refused (at most MAX_REFUSALS at a time, each waiting about a
+    // second for its client) or closed at once, and none is left open.
+    let server = TestServer::with_config(ServerConfig {
+        max_connections: 2,
+        ..config()
+    })
+    .await;
+    let keeper = Keeper::start(server.addr).await;
+    let mut open = open_greeted(server.addr, 1).await;
+    let flood = discovery_server::server::MAX_REFUSALS * 3;
+    let mut over = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        over.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    ping_all(&mut open).await;
+    let mut refused = 0;
+    for mut stream in over {
+        let mut bytes = Vec::new();
+        // The end of the stream, or a reset once the refusal has given up on this client.
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut bytes))
+            .await
+            .expect("every connection over the cap is closed");
+        if !bytes.is_empty() {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "the first ones over the cap are told why");
+    ping_all(&mut open).await;
+    drop(open);
+    keeper.finish(server).await;
+}
+
+#[tokio::test]
 async fn thousands_of_idle_connections_hold_up_no_one() {
     // Each connection costs two descriptors here, its client's and the server's; leave
     // room for the other tests of this file, which run at the same time.
