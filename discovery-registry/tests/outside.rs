@@ -1,6 +1,10 @@
 //! Changes learned from outside (a replicated catalogue): added, updated and removed under
 //! the ids they have elsewhere, held or timed here, and reaching watchers as a client's do.
 
+mod common;
+
+use common::settle;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,12 +60,6 @@ fn next(subscription: &mut Subscription) -> Arc<Change> {
 
 fn nothing_more(subscription: &mut Subscription) {
     assert!(subscription.next().now_or_never().is_none());
-}
-
-async fn settle(registry: &Registry) {
-    tokio::time::timeout(Duration::from_secs(3600), registry.expiry_caught_up())
-        .await
-        .expect("the expiry task catches up");
 }
 
 #[tokio::test(start_paused = true)]

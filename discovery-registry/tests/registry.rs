@@ -1,6 +1,10 @@
 //! The registry on its own, on tokio's paused clock: TTL boundaries, heartbeats, expiry
 //! with nobody asking, replacement, validation, the caps, and the end of the expiry task.
 
+mod common;
+
+use common::settle;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -48,20 +52,6 @@ fn ids(instances: &[Instance]) -> Vec<Uuid> {
     let mut ids: Vec<_> = instances.iter().map(|i| i.id).collect();
     ids.sort();
     ids
-}
-
-/// Waits until the expiry task has done, on its own, what is due now; fails the test if
-/// the task does not (which a paused clock would hide by moving time on).
-async fn settle(registry: &Registry) {
-    let before = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(3600), registry.expiry_caught_up())
-        .await
-        .expect("the expiry task catches up");
-    assert_eq!(
-        tokio::time::Instant::now(),
-        before,
-        "the task ran without time moving"
-    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,6 +4,10 @@
 //! endpoint, caps on live instances only), and the memory held checked against the live
 //! count once the expiry task has had its turn.
 
+mod common;
+
+use common::settle;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -212,18 +216,6 @@ fn resolve(id: &IdRef, known: &[Uuid]) -> Uuid {
         IdRef::Known(n) => Uuid::from_u128(n as u128),
         IdRef::Random(n) => Uuid::from_u128(n),
     }
-}
-
-async fn settle(registry: &Registry) {
-    let before = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(3600), registry.expiry_caught_up())
-        .await
-        .expect("the expiry task catches up");
-    assert_eq!(
-        tokio::time::Instant::now(),
-        before,
-        "the task ran without time moving"
-    );
 }
 
 async fn check(config: RegistryConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {

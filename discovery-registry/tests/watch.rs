@@ -1,6 +1,10 @@
 //! Watches on the registry alone, with tokio's paused clock: the events of every kind of
 //! change, who is woken, resuming, incarnations, slow consumers, and forgetting.
 
+mod common;
+
+use common::settle;
+
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,17 +84,6 @@ fn removed(change: &Change) -> (Uuid, RemoveReason) {
 }
 
 /// Lets the expiry task run at the current paused instant.
-async fn settle(registry: &Registry) {
-    let before = tokio::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(3600), registry.expiry_caught_up())
-        .await
-        .expect("the expiry task catches up");
-    assert_eq!(
-        tokio::time::Instant::now(),
-        before,
-        "the task ran without time moving"
-    );
-}
 
 #[tokio::test(start_paused = true)]
 async fn every_kind_of_change_is_an_event() {
