@@ -278,7 +278,8 @@ impl Client {
             watch,
         };
         // The worker takes calls as fast as they come unless it is swamped; bound the wait
-        // so that a call never hangs past its timeouts.
+        // so that a call never hangs past its timeouts. (`timeout` takes a wait too long to
+        // be a point in time as no limit.)
         let waited = self.config.connect_timeout;
         match timeout(waited, self.calls.send(call)).await {
             Ok(Ok(())) => {}
@@ -390,8 +391,8 @@ impl ClientBuilder {
 
     /// How long a call waits for a connection, across every attempt and backoff, before it
     /// fails with [`Error::Unreachable`]. Each single attempt gets an equal share of it per
-    /// address, so that a server that swallows packets cannot use it all. Default
-    /// [`DEFAULT_CONNECT_TIMEOUT`] (3 s).
+    /// address, so that a server that swallows packets cannot use it all. `Duration::MAX`
+    /// means no limit. Default [`DEFAULT_CONNECT_TIMEOUT`] (3 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
@@ -399,7 +400,8 @@ impl ClientBuilder {
 
     /// How long a sent request waits for its answer before it fails with
     /// [`Error::Timeout`]; the connection is then taken as hung and dropped. Each frame of a
-    /// long query answer starts the wait again. Default [`DEFAULT_REQUEST_TIMEOUT`] (5 s).
+    /// long query answer starts the wait again. `Duration::MAX` means no limit. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`] (5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self

@@ -12,6 +12,7 @@
 //! | `worker` | the task that owns the connection: handshake, pipelining, reconnection, failover |
 //! | `subscriptions` | the worker's table of open watches: routing pushes, joining snapshots, resuming, bounded delivery |
 //! | `backoff` | the exponential backoff with jitter between rounds of connection attempts |
+//! | `deadline` | deadlines from durations callers and servers choose, where an overflow means "never" |
 //!
 //! # Guide
 //!
@@ -127,6 +128,7 @@ pub mod view;
 pub mod watch;
 
 mod backoff;
+mod deadline;
 mod subscriptions;
 mod worker;
 

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::client::Client;
+use crate::deadline;
 use crate::error::Error;
 
 /// The heartbeat interval as a fraction of the TTL: two heartbeats can be lost before the
@@ -40,6 +41,15 @@ const HEARTBEAT_JITTER: f64 = 0.1;
 /// The interval used if the TTL is unknown (it is known once a register succeeded): a third
 /// of the server's default TTL.
 const FALLBACK_INTERVAL: Duration = Duration::from_millis(5000 / HEARTBEAT_FRACTION as u64);
+
+/// The longest interval, a third of a century: the longest TTL our servers announce (they
+/// cut longer ones to a century). It bounds what another server could announce, so that no
+/// tick of the heartbeat timer lies beyond what the clock can express.
+const MAX_INTERVAL: Duration =
+    Duration::from_secs(100 * 365 * 24 * 60 * 60 / HEARTBEAT_FRACTION as u64);
+
+/// The shortest interval.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What to announce: the type of service and where callers reach it.
 ///
@@ -405,12 +415,16 @@ impl HeartbeatLoop {
 
     /// A third of the server's TTL.
     fn interval(&self) -> Duration {
-        self.client
-            .ttl()
-            .map(|ttl| ttl / HEARTBEAT_FRACTION)
-            .unwrap_or(FALLBACK_INTERVAL)
-            .max(Duration::from_millis(10))
+        heartbeat_interval(self.client.ttl())
     }
+}
+
+/// A third of `ttl`, the server's TTL if known, within [`MIN_INTERVAL`] and
+/// [`MAX_INTERVAL`].
+fn heartbeat_interval(ttl: Option<Duration>) -> Duration {
+    ttl.map(|ttl| ttl / HEARTBEAT_FRACTION)
+        .unwrap_or(FALLBACK_INTERVAL)
+        .clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
 /// Ticks every `interval`, the first one at a random point of the first interval, so that
@@ -418,7 +432,31 @@ impl HeartbeatLoop {
 /// slow is taken late rather than in a burst.
 fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
     let first = interval.mul_f64(fastrand::f64());
-    let mut ticker = interval_at(Instant::now() + first, interval);
+    let mut ticker = interval_at(deadline::saturating_after(Instant::now(), first), interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_is_a_third_of_the_ttl_within_bounds() {
+        assert_eq!(
+            heartbeat_interval(Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(heartbeat_interval(None), FALLBACK_INTERVAL);
+        assert_eq!(heartbeat_interval(Some(Duration::ZERO)), MIN_INTERVAL);
+        // A server may announce anything; the interval stays one the clock can hold.
+        assert_eq!(heartbeat_interval(Some(Duration::MAX)), MAX_INTERVAL);
+    }
+
+    #[tokio::test]
+    async fn a_ticker_for_the_longest_interval_can_be_made() {
+        let mut ticker = heartbeat_ticker(heartbeat_interval(Some(Duration::MAX)));
+        // Its first tick lies somewhere in the first interval, so it is not due now.
+        assert!(futures_util::FutureExt::now_or_never(ticker.tick()).is_none());
+    }
 }

@@ -51,6 +51,7 @@ use crate::client::ServerInfo;
 use crate::config::{
     BACKOFF_INITIAL, CALL_BUFFER, ClientConfig, MAX_IN_FLIGHT, ServerAddress, WATCH_KEEPALIVE,
 };
+use crate::deadline;
 use crate::error::Error;
 use crate::subscriptions::{Outbox, Subscriptions};
 use crate::watch::{Control, NewWatch, WatchKey};
@@ -159,7 +160,8 @@ struct InFlight {
     /// again on a new connection, a keepalive `Ping`).
     reply: Option<oneshot::Sender<Answer>>,
     /// When the request fails with a timeout; moved on by every part of a query answer.
-    deadline: Instant,
+    /// `None` when the request timeout is too long to be a point in time: no timeout.
+    deadline: Option<Instant>,
     /// The parts of a query answer received so far.
     instances: Vec<Instance>,
 }
@@ -322,7 +324,9 @@ impl Worker {
                 // Nobody waits any more; the backoff state stays for the next call.
                 return Ok(None);
             }
-            let give_up_at = oldest.map(|oldest| oldest + self.config.connect_timeout);
+            // A connect timeout too long to be a point in time: the calls wait forever.
+            let give_up_at =
+                oldest.and_then(|oldest| deadline::after(oldest, self.config.connect_timeout));
             tokio::select! {
                 (index, result) = &mut attempt => match result {
                     Ok(connection) => return Ok(Some(connection)),
@@ -378,7 +382,7 @@ impl Worker {
         if self.failures % self.config.addresses.len() == 0 {
             let delay = self.backoff.next_delay();
             debug!(?delay, "every address failed; backing off");
-            self.next_attempt_at = now + delay;
+            self.next_attempt_at = deadline::saturating_after(now, delay);
         } else {
             self.next_attempt_at = now;
         }
@@ -390,7 +394,7 @@ impl Worker {
         let waited = self.config.connect_timeout;
         let (expired, waiting): (VecDeque<Call>, VecDeque<Call>) = std::mem::take(&mut self.queue)
             .into_iter()
-            .partition(|call| call.queued_at + waited <= now);
+            .partition(|call| deadline::has_passed(call.queued_at, waited, now));
         self.queue = waiting;
         for call in expired {
             let error = Error::Unreachable {
@@ -437,7 +441,8 @@ impl Worker {
             if closing.is_none() {
                 self.write_queued(&frames, max_frame_bytes);
             }
-            let deadline = self.in_flight.front().map(|request| request.deadline);
+            let deadline = self.in_flight.front().and_then(|request| request.deadline);
+            let check_at = deadline::saturating_after(last_frame, WATCH_KEEPALIVE);
             let keepalive = self.watches.any_subscribed() && self.in_flight.is_empty();
             tokio::select! {
                 frame = reader.next() => match frame {
@@ -484,7 +489,7 @@ impl Worker {
                     }
                     break format!("the server did not answer within {after:?}");
                 }
-                () = sleep_until(last_frame + WATCH_KEEPALIVE), if keepalive && closing.is_none() => {
+                () = sleep_until(check_at), if keepalive && closing.is_none() => {
                     let (_, mut out) = self.outbox();
                     out.send(Request::Ping);
                     // Counts as activity, so that only one check is under way at a time.
@@ -558,7 +563,7 @@ impl Worker {
             self.in_flight.push_back(InFlight {
                 id,
                 reply: Some(call.reply),
-                deadline: Instant::now() + self.config.request_timeout,
+                deadline: deadline::after(Instant::now(), self.config.request_timeout),
                 instances: Vec::new(),
             });
         }
@@ -609,7 +614,7 @@ impl Worker {
             } => {
                 let request = &mut self.in_flight[position];
                 request.instances.extend(instances);
-                request.deadline = Instant::now() + self.config.request_timeout;
+                request.deadline = deadline::after(Instant::now(), self.config.request_timeout);
                 false
             }
             Response::Instances {
@@ -701,7 +706,7 @@ impl Outbox for WorkerOutbox<'_> {
         self.in_flight.push_back(InFlight {
             id,
             reply: None,
-            deadline: Instant::now() + self.request_timeout,
+            deadline: deadline::after(Instant::now(), self.request_timeout),
             instances: Vec::new(),
         });
         Some(id)
@@ -717,7 +722,7 @@ impl Outbox for WorkerOutbox<'_> {
 
     fn touch(&mut self, id: RequestId) {
         if let Some(request) = self.in_flight.iter_mut().find(|request| request.id == id) {
-            request.deadline = Instant::now() + self.request_timeout;
+            request.deadline = deadline::after(Instant::now(), self.request_timeout);
         }
     }
 }

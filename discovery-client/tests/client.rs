@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TTL, TestServer, builder, client, dead_address, eventually, listed};
-use discovery_client::{Error, ErrorKind, RegistrationState, ServiceSpec, Uuid};
+use discovery_client::{ClientBuilder, Error, ErrorKind, RegistrationState, ServiceSpec, Uuid};
 use discovery_proto::codec::ServerCodec;
 use discovery_proto::{MAX_FRAME_BYTES, PROTOCOL_VERSION, Response, ServerFrame};
 use discovery_server::config::ServerConfig;
@@ -420,6 +420,58 @@ async fn a_server_that_does_not_answer_times_out_and_loses_the_connection() {
     // The hung connection was dropped: the next call opens another.
     assert!(client.ping().await.unwrap_err().is_timeout());
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// Registers, queries and heartbeats through a client built with `settings`, lets the
+/// registration's own loop heartbeat, and checks that the worker still answers.
+async fn works_against(server: &TestServer, settings: ClientBuilder, service_type: &str) {
+    let client = settings.build().unwrap();
+    let registration = client
+        .register(spec(service_type, 9100))
+        .await
+        .unwrap_or_else(|e| panic!("register: {e}"));
+    let id = registration.id();
+    assert_eq!(listed(&client, service_type).await, vec![id]);
+    client.heartbeat(id).await.unwrap();
+    let first = client.query(service_type).await.unwrap()[0].last_heartbeat;
+    eventually(
+        "a heartbeat of the loop",
+        Duration::from_secs(10),
+        || async {
+            let now = client.query(service_type).await.unwrap()[0].last_heartbeat;
+            (now > first).then_some(())
+        },
+    )
+    .await;
+    assert!(registration.state().is_registered());
+    // The worker lives: a call after all that is answered, not `Closed`.
+    client.ping().await.unwrap();
+    registration.shutdown().await.unwrap();
+    assert!(listed(&client, service_type).await.is_empty());
+    assert_eq!(server.address(), client.server_info().unwrap().peer);
+}
+
+// `Duration::MAX` is a common way to say "no timeout". It used to overflow a deadline in
+// the worker, which stopped it: every later call failed with `Closed`.
+#[tokio::test]
+async fn an_endless_request_timeout_is_no_timeout() {
+    let server = TestServer::start(TTL).await;
+    let settings = builder(server.address()).request_timeout(Duration::MAX);
+    works_against(&server, settings, "endless-request").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_endless_connect_timeout_is_no_timeout() {
+    let server = TestServer::start(TTL).await;
+    let settings = builder(server.address()).connect_timeout(Duration::MAX);
+    works_against(&server, settings, "endless-connect").await;
+    let settings = builder(server.address())
+        .connect_timeout(Duration::MAX)
+        .request_timeout(Duration::MAX)
+        .backoff_max(Duration::MAX);
+    works_against(&server, settings, "endless-everything").await;
+    server.stop().await;
 }
 
 #[tokio::test]
