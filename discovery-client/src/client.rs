@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::registration::{Registration, ServiceSpec};
 use crate::view::ServiceView;
 use crate::watch::{Control, NewWatch, Watch};
-use crate::worker::{self, Call, Shared};
+use crate::worker::{self, Call, WorkerStatus};
 
 /// A handle to the discovery servers: find services, announce them, keep them alive.
 ///
@@ -60,7 +60,7 @@ pub struct Client {
     calls: mpsc::Sender<Call>,
     /// For `Watch` handles, which must not wait (they send from `Drop`).
     control: mpsc::UnboundedSender<Control>,
-    shared: Arc<Shared>,
+    status: Arc<WorkerStatus>,
     config: Arc<ClientConfig>,
 }
 
@@ -198,7 +198,7 @@ impl Client {
     /// ```
     pub async fn watch(&self, service_type: impl Into<String>) -> Result<Watch, Error> {
         let service_type = service_type.into();
-        let key = self.shared.next_watch_key();
+        let key = self.status.next_watch_key();
         let (events, receiver) = mpsc::channel(self.config.watch_buffer);
         // Made first, so that a call given up or cancelled midway unsubscribes on drop.
         let watch = Watch::new(key, service_type.clone(), receiver, self.clone());
@@ -240,7 +240,7 @@ impl Client {
     /// What the server of the current or last connection announced; `None` before the
     /// first connection.
     pub fn server_info(&self) -> Option<ServerInfo> {
-        self.shared.server()
+        self.status.server()
     }
 
     /// The TTL of the current or last server; `None` before the first connection.
@@ -299,7 +299,7 @@ impl Client {
         let _ = timeout(Duration::from_millis(100), self.calls.closed()).await;
         Error::Closed {
             reason: self
-                .shared
+                .status
                 .stop_reason()
                 .unwrap_or_else(|| "its worker task stopped without answering".to_owned()),
         }
@@ -310,7 +310,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("addresses", &self.config.addresses)
-            .field("server", &self.shared.server().map(|info| info.address))
+            .field("server", &self.status.server().map(|info| info.address))
             .finish_non_exhaustive()
     }
 }
@@ -466,7 +466,7 @@ impl ClientBuilder {
             )
         })?;
         let config = Arc::new(config);
-        let shared = Arc::new(Shared::default());
+        let status = Arc::new(WorkerStatus::default());
         let (calls, incoming) = mpsc::channel(CALL_BUFFER);
         let (control, control_incoming) = mpsc::unbounded_channel();
         worker::spawn(
@@ -474,12 +474,12 @@ impl ClientBuilder {
             config.clone(),
             incoming,
             control_incoming,
-            shared.clone(),
+            status.clone(),
         );
         Ok(Client {
             calls,
             control,
-            shared,
+            status,
             config,
         })
     }

@@ -10,7 +10,7 @@
 //! | [`config`] | server addresses, and the defaults of every timeout |
 //! | [`error`] | [`Error`], one enum for every failure, with predicates to act on |
 //! | `worker` | the task that owns the connection: handshake, pipelining, reconnection, failover |
-//! | `subscriptions` | the worker's table of open watches: routing pushes, joining snapshots, resuming, bounded delivery |
+//! | `watches` | the worker's table of open watches: routing pushes, joining snapshots, resuming, bounded delivery |
 //! | `backoff` | the exponential backoff with jitter between rounds of connection attempts |
 //! | `deadline` | deadlines from durations callers and servers choose, where an overflow means "never" |
 //!
@@ -129,7 +129,7 @@ pub mod watch;
 
 mod backoff;
 mod deadline;
-mod subscriptions;
+mod watches;
 mod worker;
 
 pub use client::{Client, ClientBuilder, ServerInfo};

@@ -18,7 +18,7 @@
 //! inside one `select!`: a writer blocked on a full socket while the server is blocked
 //! writing answers the worker does not read would deadlock both.
 //!
-//! Watches are the worker's too ([`Subscriptions`]): a frame whose request id is a watch's
+//! Watches are the worker's too ([`WatchTable`]): a frame whose request id is a watch's
 //! goes there instead of to the requests waiting for answers, every new connection
 //! subscribes the open watches again from the last revision their consumers were given,
 //! and the worker keeps connecting (with backoff, never giving up) while a watch is open,
@@ -53,26 +53,27 @@ use crate::config::{
 };
 use crate::deadline;
 use crate::error::Error;
-use crate::subscriptions::{Outbox, Subscriptions};
 use crate::watch::{Control, NewWatch, WatchKey};
+use crate::watches::{Outbox, WatchTable};
 
 /// What a call receives: the server's response (the parts of a query answer joined into
 /// one `Instances`), or why there is none. Error answers are already turned into errors.
-pub(crate) type Answer = Result<Response, Error>;
+pub(crate) type Outcome = Result<Response, Error>;
 
 /// One call handed to the worker.
 pub(crate) struct Call {
     pub(crate) request: Request,
-    pub(crate) reply: oneshot::Sender<Answer>,
+    pub(crate) reply: oneshot::Sender<Outcome>,
     /// When the caller made the call: the connect timeout counts from here.
     pub(crate) queued_at: Instant,
     /// For a `Watch` request: the watch to open with it.
     pub(crate) watch: Option<NewWatch>,
 }
 
-/// State the worker shares with the handles.
+/// What the worker and its handles share: the server it is on, why it stopped, and the
+/// numbering of watches.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct WorkerStatus {
     /// Why the worker stopped, once it has.
     stopped: Mutex<Option<String>>,
     /// The server of the current or last connection.
@@ -81,7 +82,7 @@ pub(crate) struct Shared {
     next_watch_key: std::sync::atomic::AtomicU64,
 }
 
-impl Shared {
+impl WorkerStatus {
     pub(crate) fn stop_reason(&self) -> Option<String> {
         self.stopped
             .lock()
@@ -89,7 +90,7 @@ impl Shared {
             .clone()
     }
 
-    fn set_stop_reason(&self, reason: String) {
+    fn record_stop(&self, reason: String) {
         let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
         stopped.get_or_insert(reason);
     }
@@ -117,9 +118,9 @@ pub(crate) fn spawn(
     config: Arc<ClientConfig>,
     calls: mpsc::Receiver<Call>,
     control: mpsc::UnboundedReceiver<Control>,
-    shared: Arc<Shared>,
+    status: Arc<WorkerStatus>,
 ) {
-    let mut worker = Worker::new(config, calls, control, shared);
+    let mut worker = Worker::new(config, calls, control, status);
     runtime.spawn(async move {
         // The worker is borrowed, not moved, into the caught future: if it panics, the
         // reason is recorded before the worker (and every reply sender it holds) is dropped.
@@ -127,7 +128,7 @@ pub(crate) fn spawn(
         if let Err(panic) = outcome {
             let reason = format!("its worker task panicked: {}", panic_message(&*panic));
             warn!("discovery client stopped: {reason}");
-            worker.shared.set_stop_reason(reason);
+            worker.status.record_stop(reason);
         }
     });
 }
@@ -144,21 +145,21 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 
 /// Records a reason when the worker is dropped without having recorded one: its task was
 /// cancelled because its runtime shut down.
-struct StopGuard(Arc<Shared>);
+struct StopGuard(Arc<WorkerStatus>);
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
         self.0
-            .set_stop_reason("the tokio runtime that ran its worker task has shut down".to_owned());
+            .record_stop("the tokio runtime that ran its worker task has shut down".to_owned());
     }
 }
 
 /// A request on the wire, waiting for its answer.
-struct InFlight {
+struct Pending {
     id: RequestId,
     /// The caller waiting; `None` for the worker's own requests (`Unwatch`, a watch opened
     /// again on a new connection, a keepalive `Ping`).
-    reply: Option<oneshot::Sender<Answer>>,
+    reply: Option<oneshot::Sender<Outcome>>,
     /// When the request fails with a timeout; moved on by every part of a query answer.
     /// `None` when the request timeout is too long to be a point in time: no timeout.
     deadline: Option<Instant>,
@@ -166,12 +167,12 @@ struct InFlight {
     instances: Vec<Instance>,
 }
 
-impl InFlight {
-    /// Gives the caller, if any, its answer.
-    fn finish(self, answer: Answer) {
+impl Pending {
+    /// Gives the caller, if any, its outcome.
+    fn finish(self, outcome: Outcome) {
         if let Some(reply) = self.reply {
             // The caller may have gone; then nobody needs the answer.
-            let _ = reply.send(answer);
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -182,7 +183,7 @@ struct Link {
 }
 
 /// An established connection, after `Welcome`.
-struct Connection {
+struct Session {
     reader: FramedRead<OwnedReadHalf, ClientCodec>,
     writer: FramedWrite<OwnedWriteHalf, ClientCodec>,
     info: ServerInfo,
@@ -191,7 +192,7 @@ struct Connection {
 }
 
 /// A connection attempt under way: it yields the index of the address it tried.
-type Attempt = std::pin::Pin<Box<dyn Future<Output = (usize, Result<Connection, Error>)> + Send>>;
+type Attempt = std::pin::Pin<Box<dyn Future<Output = (usize, Result<Session, Error>)> + Send>>;
 
 /// What the worker does after a phase.
 enum Next {
@@ -204,18 +205,18 @@ struct Worker {
     // Declared first, so dropped first: the reason is recorded before the fields below
     // (which hold the callers' reply senders) are dropped.
     _stop_guard: StopGuard,
-    shared: Arc<Shared>,
+    status: Arc<WorkerStatus>,
     calls: mpsc::Receiver<Call>,
     /// Messages from `Watch` handles, which must never wait (one comes from `Drop`).
     control: mpsc::UnboundedReceiver<Control>,
     /// The open watches.
-    watches: Subscriptions,
+    watches: WatchTable,
     /// The current connection, for the worker's own requests.
     link: Option<Link>,
     /// Calls taken from the channel and not yet written.
     queue: VecDeque<Call>,
     /// Requests written and not yet answered, in the order they were written.
-    in_flight: VecDeque<InFlight>,
+    in_flight: VecDeque<Pending>,
     config: Arc<ClientConfig>,
     next_request_id: RequestId,
     /// The address of the next attempt.
@@ -235,14 +236,14 @@ impl Worker {
         config: Arc<ClientConfig>,
         calls: mpsc::Receiver<Call>,
         control: mpsc::UnboundedReceiver<Control>,
-        shared: Arc<Shared>,
+        status: Arc<WorkerStatus>,
     ) -> Self {
         Self {
-            _stop_guard: StopGuard(shared.clone()),
-            shared,
+            _stop_guard: StopGuard(status.clone()),
+            status,
             calls,
             control,
-            watches: Subscriptions::default(),
+            watches: WatchTable::default(),
             link: None,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -303,8 +304,8 @@ impl Worker {
     }
 
     /// The watch table, and the connection its requests and answers go through.
-    fn outbox(&mut self) -> (&mut Subscriptions, WorkerOutbox<'_>) {
-        let out = WorkerOutbox {
+    fn outbox(&mut self) -> (&mut WatchTable, WireOutbox<'_>) {
+        let out = WireOutbox {
             link: self.link.as_ref(),
             in_flight: &mut self.in_flight,
             next_request_id: &mut self.next_request_id,
@@ -315,7 +316,7 @@ impl Worker {
 
     /// Connects while calls or watches are waiting; `Ok(None)` when none is left to wait.
     /// Calls give up after the connect timeout; watches never do.
-    async fn connect(&mut self) -> Result<Option<Connection>, Stop> {
+    async fn connect(&mut self) -> Result<Option<Session>, Stop> {
         let mut attempt = self.start_attempt();
         loop {
             self.queue.retain(|call| !call.reply.is_closed());
@@ -407,8 +408,8 @@ impl Worker {
     }
 
     /// Carries calls over one connection until it ends.
-    async fn serve(&mut self, connection: Connection) -> Next {
-        let Connection {
+    async fn serve(&mut self, connection: Session) -> Next {
+        let Session {
             mut reader,
             writer,
             info,
@@ -417,7 +418,7 @@ impl Worker {
         info!(address = %info.address, peer = %info.peer, ttl = ?info.ttl, "connected to discovery server");
         let address = info.address.clone();
         let max_frame_bytes = info.limits.max_frame_bytes as usize;
-        self.shared.set_server(info);
+        self.status.set_server(info);
 
         let (frames, to_write) = mpsc::unbounded_channel();
         let write_all = write_frames(writer, to_write);
@@ -560,7 +561,7 @@ impl Worker {
             if let Some(watch) = call.watch {
                 self.watches.open(id, watch);
             }
-            self.in_flight.push_back(InFlight {
+            self.in_flight.push_back(Pending {
                 id,
                 reply: Some(call.reply),
                 deadline: deadline::after(Instant::now(), self.config.request_timeout),
@@ -689,21 +690,21 @@ struct Stop;
 
 /// The watch table's view of the worker's connection: its own requests are numbered,
 /// written and timed like the callers'.
-struct WorkerOutbox<'a> {
+struct WireOutbox<'a> {
     link: Option<&'a Link>,
-    in_flight: &'a mut VecDeque<InFlight>,
+    in_flight: &'a mut VecDeque<Pending>,
     next_request_id: &'a mut RequestId,
     request_timeout: Duration,
 }
 
-impl Outbox for WorkerOutbox<'_> {
+impl Outbox for WireOutbox<'_> {
     fn send(&mut self, request: Request) -> Option<RequestId> {
         let link = self.link?;
         let id = *self.next_request_id;
         *self.next_request_id += 1;
         // Fails only when the writer has stopped, which the select loop sees next.
         let _ = link.frames.send(ClientFrame::new(id, request));
-        self.in_flight.push_back(InFlight {
+        self.in_flight.push_back(Pending {
             id,
             reply: None,
             deadline: deadline::after(Instant::now(), self.request_timeout),
@@ -712,10 +713,10 @@ impl Outbox for WorkerOutbox<'_> {
         Some(id)
     }
 
-    fn answer(&mut self, id: RequestId, answer: Answer) {
+    fn answer(&mut self, id: RequestId, outcome: Outcome) {
         if let Some(position) = self.in_flight.iter().position(|request| request.id == id) {
             if let Some(request) = self.in_flight.remove(position) {
-                request.finish(answer);
+                request.finish(outcome);
             }
         }
     }
@@ -750,7 +751,7 @@ async fn attempt(
     hello_id: RequestId,
     client_name: String,
     limit: Duration,
-) -> Result<Connection, Error> {
+) -> Result<Session, Error> {
     let connect_error = |source: io::Error| Error::Connect {
         address: address.clone(),
         source: Arc::new(source),
@@ -794,7 +795,7 @@ async fn attempt(
                     ttl,
                     limits,
                 };
-                Ok(Connection {
+                Ok(Session {
                     reader,
                     writer,
                     info,
