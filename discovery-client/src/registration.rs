@@ -15,11 +15,9 @@
 //! instance deregistered, so that no heartbeat or re-registration in flight can bring it
 //! back after the deregister.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use discovery_proto::Metadata;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
@@ -27,9 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::client::Client;
+use crate::caller::Caller;
 use crate::deadline;
 use crate::error::Error;
+
+// Defined below the calls that announce it; its home for programs is here, next to the
+// `Registration` that keeps it announced.
+pub use crate::spec::ServiceSpec;
 
 /// The heartbeat interval as a fraction of the TTL: two heartbeats can be lost before the
 /// instance expires.
@@ -50,46 +52,6 @@ const MAX_INTERVAL: Duration =
 
 /// The shortest interval.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// What to announce: the type of service and where callers reach it.
-///
-/// ```
-/// use discovery_client::ServiceSpec;
-///
-/// let spec = ServiceSpec::new("billing", "10.0.0.5:8080".parse().unwrap())
-///     .with_metadata("version", "1.4.2")
-///     .with_metadata("zone", "eu-west-1a");
-/// assert_eq!(spec.metadata["zone"], "eu-west-1a");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServiceSpec {
-    /// What the instance provides, such as `billing`; what callers query by.
-    pub service_type: String,
-    /// Where callers reach it. It must be an address they can connect to: the server
-    /// refuses `0.0.0.0` and port 0, so a service listening on all interfaces announces
-    /// the address of the interface its callers use.
-    pub address: SocketAddr,
-    /// Free-form pairs shown to callers (a version, a zone, a weight...).
-    pub metadata: Metadata,
-}
-
-impl ServiceSpec {
-    /// An instance of `service_type` reachable at `address`, with no metadata.
-    pub fn new(service_type: impl Into<String>, address: SocketAddr) -> Self {
-        Self {
-            service_type: service_type.into(),
-            address,
-            metadata: Metadata::new(),
-        }
-    }
-
-    /// Adds (or replaces) one metadata pair.
-    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
-        self
-    }
-}
 
 /// Where a [`Registration`] stands, as its owner can watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +86,7 @@ impl RegistrationState {
 /// An announced instance, kept alive by a background heartbeat loop until it is shut down
 /// or dropped.
 ///
-/// Made by [`Client::register`]. Its id can change: when the server forgets the instance
+/// Made by [`Client::register`](crate::Client::register). Its id can change: when the server forgets the instance
 /// (after an outage longer than the TTL, or a server restart), the loop registers it again
 /// and the server gives it a new id. Read the current one with [`Registration::id`], or
 /// follow changes with [`Registration::watch`].
@@ -177,19 +139,19 @@ pub struct Registration {
 
 #[derive(Debug)]
 struct Running {
-    client: Client,
+    caller: Caller,
     stop: CancellationToken,
     heartbeats: JoinHandle<()>,
 }
 
 impl Registration {
     /// Starts the heartbeat loop for an instance registered under `id`.
-    pub(crate) fn start(client: Client, spec: ServiceSpec, id: Uuid) -> Self {
+    pub(crate) fn start(caller: Caller, spec: ServiceSpec, id: Uuid) -> Self {
         let shared_id = Arc::new(Mutex::new(id));
         let (state_tx, state) = watch::channel(RegistrationState::Registered { id });
         let stop = CancellationToken::new();
         let heartbeat_loop = HeartbeatLoop {
-            client: client.clone(),
+            caller: caller.clone(),
             spec: spec.clone(),
             id: shared_id.clone(),
             state: state_tx,
@@ -201,7 +163,7 @@ impl Registration {
             id: shared_id,
             state,
             running: Some(Running {
-                client,
+                caller,
                 stop,
                 heartbeats,
             }),
@@ -245,7 +207,7 @@ impl Registration {
         // A panicked loop has nothing to finish: deregister all the same.
         let _ = running.heartbeats.await;
         let id = self.id();
-        let result = running.client.deregister(id).await;
+        let result = running.caller.deregister(id).await;
         match &result {
             Ok(()) => info!(%id, "deregistered"),
             Err(error) => debug!(%id, %error, "deregister at shutdown failed"),
@@ -270,7 +232,7 @@ impl Drop for Registration {
         runtime.spawn(async move {
             let _ = running.heartbeats.await;
             let id = *id.lock().unwrap_or_else(PoisonError::into_inner);
-            match running.client.deregister(id).await {
+            match running.caller.deregister(id).await {
                 Ok(()) => info!(%id, "deregistered after the Registration was dropped"),
                 Err(error) => debug!(%id, %error, "deregister after drop failed"),
             }
@@ -280,7 +242,7 @@ impl Drop for Registration {
 
 /// The background loop of one registration.
 struct HeartbeatLoop {
-    client: Client,
+    caller: Caller,
     spec: ServiceSpec,
     id: Arc<Mutex<Uuid>>,
     state: watch::Sender<RegistrationState>,
@@ -365,7 +327,7 @@ impl HeartbeatLoop {
     /// one interval (the client is waiting for a server) turns the state to `Reconnecting`
     /// at once, rather than after the whole connect timeout.
     async fn heartbeat(&self, id: Uuid, interval: Duration) -> Option<Result<(), Error>> {
-        let heartbeat = self.client.heartbeat(id);
+        let heartbeat = self.caller.heartbeat(id);
         tokio::pin!(heartbeat);
         let slow = sleep(interval);
         tokio::pin!(slow);
@@ -388,13 +350,13 @@ impl HeartbeatLoop {
     /// loop is stopped meanwhile: it may already be on the wire, and the id it brings back
     /// is what shutdown must deregister.
     async fn register(&self) -> Result<Uuid, Error> {
-        let register = self.client.register_once(&self.spec);
+        let register = self.caller.register_once(&self.spec);
         tokio::pin!(register);
         tokio::select! {
             result = &mut register => result,
             () = self.stop.cancelled() => {
                 // The wait is bounded by the client's connect and request timeouts.
-                debug!(timeout = ?self.client.connect_timeout(), "stopping; finishing the register in flight");
+                debug!(timeout = ?self.caller.connect_timeout(), "stopping; finishing the register in flight");
                 register.await
             }
         }
@@ -415,7 +377,7 @@ impl HeartbeatLoop {
 
     /// A third of the server's TTL.
     fn interval(&self) -> Duration {
-        heartbeat_interval(self.client.ttl())
+        heartbeat_interval(self.caller.ttl())
     }
 }
 

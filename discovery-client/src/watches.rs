@@ -18,9 +18,10 @@ use discovery_proto::{Instance, Request, RequestId, Response, Revision};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
+use crate::call::Outcome;
 use crate::error::Error;
-use crate::watch::{Control, Item, NewWatch, WatchEvent, WatchKey};
-use crate::worker::Outcome;
+use crate::event::WatchEvent;
+use crate::watch_channel::{Control, Item, NewWatch, WatchKey};
 
 /// What the table needs from the worker's connection.
 pub(crate) trait Outbox {
