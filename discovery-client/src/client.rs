@@ -19,6 +19,7 @@ use crate::config::{
     CALL_BUFFER, ClientConfig, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_BUFFER, ServerAddress, default_client_name,
 };
+use crate::dial::{Dial, Tcp};
 use crate::error::Error;
 use crate::registration::Registration;
 use crate::spec::ServiceSpec;
@@ -313,6 +314,11 @@ impl ClientBuilder {
     /// [`Error::Config`] outside one, without an address, with a zero timeout or backoff
     /// cap, or with a watch buffer under 2.
     pub fn build(self) -> Result<Client, Error> {
+        self.build_with(Tcp)
+    }
+
+    /// [`ClientBuilder::build`] with another transport than plain TCP.
+    pub(crate) fn build_with<D: Dial>(self, dial: D) -> Result<Client, Error> {
         let config = self.config;
         if config.addresses.is_empty() {
             return Err(Error::Config("no server address given".into()));
@@ -345,6 +351,7 @@ impl ClientBuilder {
         worker::spawn(
             &runtime,
             config.clone(),
+            dial,
             incoming,
             control_incoming,
             status.clone(),

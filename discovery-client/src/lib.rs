@@ -13,8 +13,8 @@
 //! | `event` | [`WatchEvent`], what a watch reports |
 //! | `caller` | the crate's own handle to the worker, that `Client`, `Registration` and `Watch` are made of |
 //! | `worker` | the task that owns the connection: its main loop, connecting on demand and again after a loss |
-//! | `session` | one connection: handshake, pipelining, routing frames, the request timeout |
-//! | `dial` | opening a TCP connection to a server: resolving, trying its addresses |
+//! | `session` | one connection over any byte stream: handshake, pipelining, routing frames, the request timeout |
+//! | `dial` | the seam that opens byte streams to servers, and its TCP default |
 //! | `failover` | which address next and when: rounds over the address list, backoff between rounds |
 //! | `backoff` | the exponential backoff with jitter between rounds of connection attempts |
 //! | `inbox` | what the handles give the worker: calls, watch controls, the queue of calls not yet written |
@@ -157,6 +157,8 @@ mod session;
 mod spec;
 mod status;
 mod stop;
+#[cfg(test)]
+mod testing;
 mod watch_channel;
 mod watches;
 mod worker;

@@ -1,4 +1,4 @@
-//! A [`Session`]: one connection to a server, from `Hello` to its end.
+//! A [`Session`]: one connection to a server, from `Hello` to its end, over any byte stream.
 //!
 //! [`Session::connect`] dials, says `Hello` and waits for `Welcome`, all within one
 //! attempt's time. [`Session::serve`] then carries calls until the connection ends: it
@@ -7,7 +7,7 @@
 //! requests in flight, times out the oldest request, and checks a silent connection that
 //! carries watches with a `Ping`.
 //!
-//! The socket is split into a read half and a write half that make progress independently
+//! The stream is split into a read half and a write half that make progress independently
 //! inside one `select!`: a writer blocked on a full socket while the server is blocked
 //! writing answers the worker does not read would deadlock both.
 
@@ -21,8 +21,7 @@ use discovery_proto::{
     ServerFrame, encoding,
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWrite;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -30,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{MAX_IN_FLIGHT, ServerAddress, WATCH_KEEPALIVE};
 use crate::deadline;
-use crate::dial::dial_tcp;
+use crate::dial::{Dial, Dialed};
 use crate::error::Error;
 use crate::in_flight::{Frames, InFlight, Matched, closing_reason};
 use crate::inbox::{Inbox, Input};
@@ -39,9 +38,9 @@ use crate::watches::{Outbox, WatchTable};
 
 /// An established connection, after `Welcome`.
 #[derive(Debug)]
-pub(crate) struct Session {
-    reader: FramedRead<OwnedReadHalf, ClientCodec>,
-    writer: FramedWrite<OwnedWriteHalf, ClientCodec>,
+pub(crate) struct Session<S> {
+    reader: FramedRead<ReadHalf<S>, ClientCodec>,
+    writer: FramedWrite<WriteHalf<S>, ClientCodec>,
     info: ServerInfo,
     /// Its position in the address list.
     index: usize,
@@ -80,10 +79,11 @@ struct Serving<'w> {
     worked: bool,
 }
 
-impl Session {
-    /// One connection attempt to address `index` of the list: resolve, connect, `Hello`,
-    /// `Welcome`, all within `limit`.
-    pub(crate) async fn connect(
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
+    /// One connection attempt to address `index` of the list: dial, `Hello`, `Welcome`,
+    /// all within `limit`.
+    pub(crate) async fn connect<D: Dial<Stream = S>>(
+        dial: &D,
         address: ServerAddress,
         index: usize,
         hello_id: RequestId,
@@ -95,8 +95,8 @@ impl Session {
             source: Arc::new(source),
         };
         let handshake = async {
-            let (stream, peer) = dial_tcp(&address).await.map_err(connect_error)?;
-            let (read_half, write_half) = stream.into_split();
+            let Dialed { stream, peer } = dial.dial(&address).await.map_err(connect_error)?;
+            let (read_half, write_half) = tokio::io::split(stream);
             let mut reader = FramedRead::new(read_half, ClientCodec::default());
             let mut writer = FramedWrite::new(write_half, ClientCodec::default());
             let hello = Request::Hello {
@@ -395,7 +395,7 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// A failure while saying `Hello`: a broken socket is a failed connection attempt, anything
+/// A failure while saying `Hello`: a broken stream is a failed connection attempt, anything
 /// else a protocol error.
 fn handshake_error(address: &ServerAddress, error: discovery_proto::Error) -> Error {
     match error {

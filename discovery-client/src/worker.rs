@@ -25,6 +25,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::call::Call;
 use crate::config::ClientConfig;
 use crate::deadline;
+use crate::dial::Dial;
 use crate::error::Error;
 use crate::failover::Failover;
 use crate::in_flight::InFlight;
@@ -35,15 +36,16 @@ use crate::stop::{self, StopGuard};
 use crate::watch_channel::Control;
 use crate::watches::WatchTable;
 
-/// Starts the worker on `runtime`.
-pub(crate) fn spawn(
+/// Starts the worker on `runtime`, connecting through `dial`.
+pub(crate) fn spawn<D: Dial>(
     runtime: &tokio::runtime::Handle,
     config: Arc<ClientConfig>,
+    dial: D,
     calls: mpsc::Receiver<Call>,
     control: mpsc::UnboundedReceiver<Control>,
     status: Arc<WorkerStatus>,
 ) {
-    let mut worker = Worker::new(config, calls, control, status);
+    let mut worker = Worker::new(config, dial, calls, control, status);
     runtime.spawn(async move {
         // The worker is borrowed, not moved, into the caught future: if it panics, the
         // reason is recorded before the worker (and every reply sender it holds) is dropped.
@@ -55,17 +57,18 @@ pub(crate) fn spawn(
 }
 
 /// A connection attempt under way: it yields the index of the address it tried.
-type Attempt = Pin<Box<dyn Future<Output = (usize, Result<Session, Error>)> + Send>>;
+type Attempt<S> = Pin<Box<dyn Future<Output = (usize, Result<Session<S>, Error>)> + Send>>;
 
 /// Every handle is gone: the worker ends.
 struct Stop;
 
-struct Worker {
+struct Worker<D: Dial> {
     // Declared first, so dropped first: the reason is recorded before the fields below
     // (which hold the callers' reply senders) are dropped.
     _stop_guard: StopGuard,
     status: Arc<WorkerStatus>,
     config: Arc<ClientConfig>,
+    dial: Arc<D>,
     inbox: Inbox,
     /// The open watches.
     watches: WatchTable,
@@ -74,9 +77,10 @@ struct Worker {
     failover: Failover,
 }
 
-impl Worker {
+impl<D: Dial> Worker<D> {
     fn new(
         config: Arc<ClientConfig>,
+        dial: D,
         calls: mpsc::Receiver<Call>,
         control: mpsc::UnboundedReceiver<Control>,
         status: Arc<WorkerStatus>,
@@ -84,6 +88,7 @@ impl Worker {
         Self {
             _stop_guard: StopGuard::new(status.clone()),
             status,
+            dial: Arc::new(dial),
             inbox: Inbox::new(calls, control),
             watches: WatchTable::default(),
             in_flight: InFlight::new(config.request_timeout),
@@ -146,7 +151,7 @@ impl Worker {
 
     /// Connects while calls or watches are waiting; `Ok(None)` when none is left to wait.
     /// Calls give up after the connect timeout; watches never do.
-    async fn connect(&mut self) -> Result<Option<Session>, Stop> {
+    async fn connect(&mut self) -> Result<Option<Session<D::Stream>>, Stop> {
         let mut attempt = self.start_attempt();
         loop {
             let oldest = self.inbox.oldest_waiting();
@@ -180,15 +185,17 @@ impl Worker {
     }
 
     /// The next connection attempt, after the backoff wait if one is due.
-    fn start_attempt(&mut self) -> Attempt {
+    fn start_attempt(&mut self) -> Attempt<D::Stream> {
         let (index, start_at) = self.failover.next();
         let address = self.config.addresses[index].clone();
         let hello_id = self.in_flight.take_id();
         let client_name = self.config.client_name.clone();
         let limit = self.config.attempt_timeout();
+        let dial = self.dial.clone();
         Box::pin(async move {
             sleep_until(start_at).await;
-            let result = Session::connect(address, index, hello_id, client_name, limit).await;
+            let result =
+                Session::connect(&*dial, address, index, hello_id, client_name, limit).await;
             (index, result)
         })
     }
