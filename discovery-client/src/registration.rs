@@ -89,7 +89,7 @@ impl RegistrationState {
 /// Made by [`Client::register`](crate::Client::register). Its id can change: when the server forgets the instance
 /// (after an outage longer than the TTL, or a server restart), the loop registers it again
 /// and the server gives it a new id. Read the current one with [`Registration::id`], or
-/// follow changes with [`Registration::watch`].
+/// follow changes with [`Registration::state`].
 ///
 /// [`Registration::shutdown`] deregisters it and says whether that worked; dropping it
 /// does the same in the background, best-effort (and if that cannot run, the instance
@@ -108,10 +108,10 @@ impl RegistrationState {
 /// let registration = client
 ///     .register(ServiceSpec::new("billing", "127.0.0.1:8080".parse()?))
 ///     .await?;
-/// assert_eq!(registration.state(), RegistrationState::Registered { id: registration.id() });
+/// assert_eq!(registration.current_state(), RegistrationState::Registered { id: registration.id() });
 ///
 /// // Log every change of state in the background.
-/// let mut states = registration.watch();
+/// let mut states = registration.state();
 /// tokio::spawn(async move {
 ///     while states.changed().await.is_ok() {
 ///         println!("billing registration: {:?}", *states.borrow_and_update());
@@ -176,14 +176,14 @@ impl Registration {
         *self.id.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Where the registration stands now.
-    pub fn state(&self) -> RegistrationState {
+    /// Where the registration stands now; [`Registration::state`] follows it over time.
+    pub fn current_state(&self) -> RegistrationState {
         *self.state.borrow()
     }
 
-    /// A receiver that sees every change of state, to log outages or to wait until the
-    /// instance is registered again. It reports the sender gone once the loop has stopped.
-    pub fn watch(&self) -> watch::Receiver<RegistrationState> {
+    /// The registration's state as it changes, to log outages or to wait until the instance
+    /// is registered again. The receiver reports its sender gone once the loop has stopped.
+    pub fn state(&self) -> watch::Receiver<RegistrationState> {
         self.state.clone()
     }
 

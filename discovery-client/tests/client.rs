@@ -36,7 +36,7 @@ async fn register_then_query() {
         .await
         .unwrap();
     assert_eq!(
-        registration.state(),
+        registration.current_state(),
         RegistrationState::Registered {
             id: registration.id()
         }
@@ -76,7 +76,10 @@ async fn a_registration_stays_listed_over_many_ttls() {
     let until = Instant::now() + 5 * TTL;
     while Instant::now() < until {
         assert_eq!(listed(&client, "kept").await, vec![id]);
-        assert_eq!(registration.state(), RegistrationState::Registered { id });
+        assert_eq!(
+            registration.current_state(),
+            RegistrationState::Registered { id }
+        );
         sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(registration.id(), id);
@@ -93,7 +96,7 @@ async fn a_registration_comes_back_after_its_server_restarts() {
     let client = client(address);
     let registration = client.register(spec("phoenix", 9001)).await.unwrap();
     let first_id = registration.id();
-    let mut states = registration.watch();
+    let mut states = registration.state();
 
     server.stop().await;
     let stopped_at = Instant::now();
@@ -286,7 +289,7 @@ async fn a_forgotten_instance_is_registered_again_under_a_new_id() {
     let client = client(server.address());
     let registration = client.register(spec("forgotten", 9008)).await.unwrap();
     let first_id = registration.id();
-    let mut states = registration.watch();
+    let mut states = registration.state();
 
     // Someone else removes it: the next heartbeat answers NotFound.
     client.deregister(first_id).await.unwrap();
@@ -443,7 +446,7 @@ async fn works_against(server: &TestServer, settings: ClientBuilder, service_typ
         },
     )
     .await;
-    assert!(registration.state().is_registered());
+    assert!(registration.current_state().is_registered());
     // The worker lives: a call after all that is answered, not `Closed`.
     client.ping().await.unwrap();
     registration.shutdown().await.unwrap();

@@ -161,7 +161,7 @@ async fn a_thousand_registrations_are_listed_again_after_their_server_crashes() 
     let re_registered = Arc::new(Mutex::new(Vec::with_capacity(REGISTRATIONS)));
     let mut watchers = tokio::task::JoinSet::new();
     for (registration, first_id) in registrations.iter().zip(&first_ids) {
-        let mut states = registration.watch();
+        let mut states = registration.state();
         let (first_id, times) = (*first_id, re_registered.clone());
         watchers.spawn(async move {
             if states
@@ -198,7 +198,7 @@ async fn a_thousand_registrations_are_listed_again_after_their_server_crashes() 
     let listed_after = restarted_at.elapsed();
     for (registration, first_id) in registrations.iter().zip(&first_ids) {
         assert_ne!(registration.id(), *first_id, "listed under its old id");
-        assert!(registration.state().is_registered());
+        assert!(registration.current_state().is_registered());
     }
     // Every watcher has seen its new id by now (all are listed under it).
     timeout(Duration::from_secs(5), watchers.join_all())
