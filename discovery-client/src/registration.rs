@@ -401,7 +401,23 @@ fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::time::{Instant, sleep};
+
     use super::*;
+    use crate::Client;
+    use crate::config::DEFAULT_BACKOFF_MAX;
+    use crate::testing::PipeServer;
+
+    const TTL: Duration = Duration::from_secs(1);
+    const INTERVAL: Duration = Duration::from_millis(1000 / 3);
+    /// Tokio's timers round up to the next millisecond: one of these per sleep on the way.
+    const TICK: Duration = Duration::from_millis(1);
+
+    fn spec(service_type: &str) -> ServiceSpec {
+        ServiceSpec::new(service_type, SocketAddr::from(([127, 0, 0, 1], 9000)))
+    }
 
     #[test]
     fn the_interval_is_a_third_of_the_ttl_within_bounds() {
@@ -413,6 +429,88 @@ mod tests {
         assert_eq!(heartbeat_interval(Some(Duration::ZERO)), MIN_INTERVAL);
         // A server may announce anything; the interval stays one the clock can hold.
         assert_eq!(heartbeat_interval(Some(Duration::MAX)), MAX_INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_stays_listed_over_many_ttls() {
+        let server = PipeServer::start(TTL);
+        let client = server.client(Client::builder());
+        let registration = client.register(spec("kept")).await.unwrap();
+        let id = registration.id();
+        let states = registration.state();
+
+        // Five TTLs, looking often: the instance is never missing and never re-registered.
+        let until = Instant::now() + 5 * TTL;
+        while Instant::now() < until {
+            assert_eq!(server.listed("kept"), [id]);
+            assert_eq!(
+                registration.current_state(),
+                RegistrationState::Registered { id }
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!states.has_changed().unwrap(), "the state never moved");
+        assert_eq!(registration.id(), id);
+
+        registration.shutdown().await.unwrap();
+        assert!(server.listed("kept").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_is_noticed_and_recovered_within_the_documented_bounds() {
+        let server = PipeServer::start(TTL);
+        let client = server.client(Client::builder());
+        let registration = client.register(spec("phoenix")).await.unwrap();
+        let first_id = registration.id();
+        let mut states = registration.state();
+
+        server.crash();
+        let crashed_at = Instant::now();
+        states.wait_for(|s| !s.is_registered()).await.unwrap();
+        // Noticed by the first heartbeat left unanswered for an interval (at most an
+        // interval to the next tick, a tenth of one of jitter, and the interval waited), not
+        // after the whole connect timeout.
+        let noticed = crashed_at.elapsed();
+        assert!(
+            noticed <= 2 * INTERVAL + INTERVAL / 10 + 3 * TICK,
+            "noticed after {noticed:?}"
+        );
+        // Down long enough for the client to back off a few times.
+        sleep(Duration::from_secs(1)).await;
+
+        server.restart();
+        let back_at = Instant::now();
+        let state = *states
+            .wait_for(|s| s.id().is_some_and(|id| id != first_id))
+            .await
+            .unwrap();
+        let took = back_at.elapsed();
+        // The documented bound: a TTL, the backoff cap, and one heartbeat interval (and the
+        // rounding of the backoff, the tick, the jitter and the spread).
+        let bound = TTL + DEFAULT_BACKOFF_MAX + INTERVAL + 4 * TICK;
+        assert!(took <= bound, "listed again after {took:?}");
+        let new_id = registration.id();
+        assert_eq!(state, RegistrationState::Registered { id: new_id });
+        assert_eq!(server.listed("phoenix"), [new_id]);
+
+        registration.shutdown().await.unwrap();
+        assert!(server.listed("phoenix").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_ttl_from_a_server_is_followed_without_overflow() {
+        let server = PipeServer::start(Duration::MAX);
+        let client = server.client(Client::builder());
+        let registration = client.register(spec("forever")).await.unwrap();
+        assert_eq!(client.ttl(), Some(Duration::MAX));
+        let states = registration.state();
+        // A virtual decade: the loop lives (its state's sender is still there), and the
+        // instance stays listed.
+        sleep(Duration::from_secs(10 * 365 * 24 * 60 * 60)).await;
+        assert!(states.has_changed().is_ok(), "the heartbeat loop is alive");
+        assert_eq!(server.listed("forever"), [registration.id()]);
+        client.ping().await.unwrap();
+        registration.shutdown().await.unwrap();
     }
 
     #[tokio::test]

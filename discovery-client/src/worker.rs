@@ -200,3 +200,61 @@ impl<D: Dial> Worker<D> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::testing::PipeServer;
+    use crate::{Client, Error};
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_busy_loops_and_nothing_is_tried_while_no_call_waits() {
+        let server = PipeServer::start(Duration::from_secs(1));
+        server.crash();
+        let client = server.client(Client::builder().connect_timeout(Duration::from_millis(1500)));
+
+        let error = client.ping().await.unwrap_err();
+        assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+        // Attempts at 0 ms, then after backoffs of 100, 200, 400, 800 ms, each with up to half
+        // taken off by jitter: the fifth starts between 750 and 1,500 ms, the sixth after 1,550.
+        let attempts = server.dials();
+        assert!((4..=5).contains(&attempts), "{attempts} attempts in 1.5 s");
+
+        // With no call waiting, the client does not try at all, however long it waits.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(server.dials(), attempts);
+
+        // A new call tries again (after the backoff still due).
+        server.restart();
+        client.ping().await.unwrap();
+        assert_eq!(server.dials(), attempts + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endless_timeouts_are_no_timeouts() {
+        let server = PipeServer::start(Duration::from_secs(1));
+        let client = server.client(
+            Client::builder()
+                .connect_timeout(Duration::MAX)
+                .request_timeout(Duration::MAX)
+                .backoff_max(Duration::MAX),
+        );
+        client.ping().await.unwrap();
+
+        // Down for a virtual day: the call waits for a connection rather than failing.
+        server.crash();
+        // The clock moves only once every task is idle: the worker has seen the connection
+        // end by then, so the call below cannot go out on it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let waiting = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        tokio::time::sleep(Duration::from_secs(24 * 60 * 60)).await;
+        assert!(!waiting.is_finished());
+        server.restart();
+        // The backoff, doubling without a cap, waits at most 100 ms × 2^20 (29 hours).
+        waiting.await.unwrap().unwrap();
+    }
+}
