@@ -165,7 +165,7 @@ pub async fn keep_alive<W: Write>(
     out.write_all(output::id(printed, json).as_bytes())?;
     out.flush()?;
 
-    let mut states = registration.watch();
+    let mut states = registration.state();
     tokio::pin!(stop);
     loop {
         tokio::select! {

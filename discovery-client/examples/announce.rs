@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         registration.id()
     );
 
-    let mut states = registration.watch();
+    let mut states = registration.state();
     loop {
         tokio::select! {
             signal = tokio::signal::ctrl_c() => {

@@ -10,20 +10,27 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_proto::{Instance, Limits, Request, Response};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, timeout};
+use discovery_proto::Instance;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::caller::Caller;
 use crate::config::{
     CALL_BUFFER, ClientConfig, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WATCH_BUFFER, ServerAddress, default_client_name,
 };
+use crate::dial::{Dial, Tcp};
 use crate::error::Error;
-use crate::registration::{Registration, ServiceSpec};
+use crate::registration::Registration;
+use crate::spec::ServiceSpec;
+use crate::status::WorkerStatus;
 use crate::view::ServiceView;
-use crate::watch::{Control, NewWatch, Watch};
-use crate::worker::{self, Call, Shared};
+use crate::watch::Watch;
+use crate::worker;
+
+// Defined below the worker, which fills it in; its home for programs is here, next to
+// `Client::server_info`.
+pub use crate::status::ServerInfo;
 
 /// A handle to the discovery servers: find services, announce them, keep them alive.
 ///
@@ -57,28 +64,7 @@ use crate::worker::{self, Call, Shared};
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    calls: mpsc::Sender<Call>,
-    /// For `Watch` handles, which must not wait (they send from `Drop`).
-    control: mpsc::UnboundedSender<Control>,
-    shared: Arc<Shared>,
-    config: Arc<ClientConfig>,
-}
-
-/// What the server of the current (or last) connection announced in its `Welcome`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerInfo {
-    /// The address from the client's list that this connection went to.
-    pub address: ServerAddress,
-    /// The socket address it resolved to.
-    pub peer: std::net::SocketAddr,
-    /// The protocol version the server speaks.
-    pub protocol_version: u16,
-    /// How long an instance stays live without a heartbeat on that server; a
-    /// [`Registration`] heartbeats at a third of it.
-    pub ttl: Duration,
-    /// The limits the server enforces, to check a request against before sending it.
-    pub limits: Limits,
+    caller: Caller,
 }
 
 impl Client {
@@ -90,13 +76,7 @@ impl Client {
     /// Lists the live instances of `service_type`, in no particular order. An answer split
     /// over several frames is joined. An unknown type is an empty list, not an error.
     pub async fn query(&self, service_type: impl Into<String>) -> Result<Vec<Instance>, Error> {
-        let request = Request::Query {
-            service_type: service_type.into(),
-        };
-        match self.call(request).await? {
-            Response::Instances { instances, .. } => Ok(instances),
-            other => Err(unexpected("Query", other)),
-        }
+        self.caller.query(service_type.into()).await
     }
 
     /// Announces an instance once and returns the id the server made for it.
@@ -108,16 +88,7 @@ impl Client {
     /// Fails with [`Error::Rejected`] when the server refuses the spec (an invalid type,
     /// address or metadata, or a full registry).
     pub async fn register_once(&self, spec: &ServiceSpec) -> Result<Uuid, Error> {
-        let request = Request::Register {
-            service_type: spec.service_type.clone(),
-            ip: spec.address.ip(),
-            port: spec.address.port(),
-            metadata: spec.metadata.clone(),
-        };
-        match self.call(request).await? {
-            Response::Registered { id } => Ok(id),
-            other => Err(unexpected("Register", other)),
-        }
+        self.caller.register_once(spec).await
     }
 
     /// Announces an instance and keeps it alive until the returned [`Registration`] is
@@ -127,8 +98,8 @@ impl Client {
     /// unreachable server is an error here; once it has succeeded, the registration never
     /// gives up (see [`Registration`]).
     pub async fn register(&self, spec: ServiceSpec) -> Result<Registration, Error> {
-        let id = self.register_once(&spec).await?;
-        Ok(Registration::start(self.clone(), spec, id))
+        let id = self.caller.register_once(&spec).await?;
+        Ok(Registration::start(self.caller.clone(), spec, id))
     }
 
     /// Keeps an instance alive for another TTL.
@@ -136,10 +107,7 @@ impl Client {
     /// Fails with [`Error::NotFound`] when the server does not know the id (it expired or
     /// was deregistered): the instance must be registered again, under a new id.
     pub async fn heartbeat(&self, id: Uuid) -> Result<(), Error> {
-        match self.call(Request::Heartbeat { id }).await? {
-            Response::Ok => Ok(()),
-            other => Err(unexpected("Heartbeat", other)),
-        }
+        self.caller.heartbeat(id).await
     }
 
     /// Removes an instance at once, so that no query lists it any more.
@@ -147,10 +115,7 @@ impl Client {
     /// Fails with [`Error::NotFound`] when the server does not know the id; either way, the
     /// instance is not listed afterwards.
     pub async fn deregister(&self, id: Uuid) -> Result<(), Error> {
-        match self.call(Request::Deregister { id }).await? {
-            Response::Ok => Ok(()),
-            other => Err(unexpected("Deregister", other)),
-        }
+        self.caller.deregister(id).await
     }
 
     /// Follows the changes of `service_type`: the returned [`Watch`] is a stream whose
@@ -197,24 +162,7 @@ impl Client {
     /// # }
     /// ```
     pub async fn watch(&self, service_type: impl Into<String>) -> Result<Watch, Error> {
-        let service_type = service_type.into();
-        let key = self.shared.next_watch_key();
-        let (events, receiver) = mpsc::channel(self.config.watch_buffer);
-        // Made first, so that a call given up or cancelled midway unsubscribes on drop.
-        let watch = Watch::new(key, service_type.clone(), receiver, self.clone());
-        let request = Request::Watch {
-            service_type: service_type.clone(),
-            since: None,
-        };
-        let new = NewWatch {
-            key,
-            service_type,
-            events,
-        };
-        match self.call_with(request, Some(new)).await? {
-            Response::Ok => Ok(watch),
-            other => Err(unexpected("Watch", other)),
-        }
+        Watch::open(self.caller.clone(), service_type.into()).await
     }
 
     /// A live local view of `service_type`'s instances, kept up to date by a background
@@ -223,105 +171,32 @@ impl Client {
     /// Fails like [`Client::watch`]; once made, the view keeps serving the last list it
     /// knew while no server is reachable, and says so in [`ServiceView::status`].
     pub async fn view(&self, service_type: impl Into<String>) -> Result<ServiceView, Error> {
-        let watch = self.watch(service_type).await?;
+        let watch = Watch::open(self.caller.clone(), service_type.into()).await?;
         ServiceView::start(watch).await
     }
 
     /// Checks that a server answers, connecting first if needed; returns the round trip.
     /// A program can call it at startup to fail early when no server is reachable.
     pub async fn ping(&self) -> Result<Duration, Error> {
-        let start = Instant::now();
-        match self.call(Request::Ping).await? {
-            Response::Pong => Ok(start.elapsed()),
-            other => Err(unexpected("Ping", other)),
-        }
+        self.caller.ping().await
     }
 
     /// What the server of the current or last connection announced; `None` before the
     /// first connection.
     pub fn server_info(&self) -> Option<ServerInfo> {
-        self.shared.server()
+        self.caller.server_info()
     }
 
     /// The TTL of the current or last server; `None` before the first connection.
     pub fn ttl(&self) -> Option<Duration> {
-        self.server_info().map(|info| info.ttl)
-    }
-
-    /// The client's connect timeout, which bounds how long a call waits for a connection.
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        self.config.connect_timeout
-    }
-
-    /// Hands a message to the worker without waiting; lost only when the worker is gone.
-    pub(crate) fn control(&self, control: Control) {
-        let _ = self.control.send(control);
-    }
-
-    /// Hands a request to the worker and waits for its answer.
-    async fn call(&self, request: Request) -> Result<Response, Error> {
-        self.call_with(request, None).await
-    }
-
-    /// Hands a request, and the watch it opens if any, to the worker and waits for its
-    /// answer.
-    async fn call_with(
-        &self,
-        request: Request,
-        watch: Option<NewWatch>,
-    ) -> Result<Response, Error> {
-        let (reply, answer) = oneshot::channel();
-        let call = Call {
-            request,
-            reply,
-            queued_at: Instant::now(),
-            watch,
-        };
-        // The worker takes calls as fast as they come unless it is swamped; bound the wait
-        // so that a call never hangs past its timeouts.
-        let waited = self.config.connect_timeout;
-        match timeout(waited, self.calls.send(call)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(self.stopped().await),
-            Err(_) => return Err(Error::Timeout { after: waited }),
-        }
-        match answer.await {
-            Ok(answer) => answer,
-            Err(_) => Err(self.stopped().await),
-        }
-    }
-
-    /// Why the worker is gone: it drops a call unanswered only when it stops.
-    async fn stopped(&self) -> Error {
-        // The worker records why it stopped before it drops its end of the channel; waiting
-        // for that end to close makes sure the reason is there to read.
-        let _ = timeout(Duration::from_millis(100), self.calls.closed()).await;
-        Error::Closed {
-            reason: self
-                .shared
-                .stop_reason()
-                .unwrap_or_else(|| "its worker task stopped without answering".to_owned()),
-        }
+        self.caller.ttl()
     }
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("addresses", &self.config.addresses)
-            .field("server", &self.shared.server().map(|info| info.address))
-            .finish_non_exhaustive()
-    }
-}
-
-/// An answer that does not fit the request; `NotFound` is the one expected "no".
-fn unexpected(request: &'static str, response: Response) -> Error {
-    match response {
-        Response::NotFound => Error::NotFound,
-        other => Error::UnexpectedResponse {
-            request,
-            response: format!("{other:?}"),
-        },
+        // The caller prints the addresses and the current server, under the name `Client`.
+        self.caller.fmt(f)
     }
 }
 
@@ -390,8 +265,8 @@ impl ClientBuilder {
 
     /// How long a call waits for a connection, across every attempt and backoff, before it
     /// fails with [`Error::Unreachable`]. Each single attempt gets an equal share of it per
-    /// address, so that a server that swallows packets cannot use it all. Default
-    /// [`DEFAULT_CONNECT_TIMEOUT`] (3 s).
+    /// address, so that a server that swallows packets cannot use it all. `Duration::MAX`
+    /// means no limit. Default [`DEFAULT_CONNECT_TIMEOUT`] (3 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
@@ -399,7 +274,8 @@ impl ClientBuilder {
 
     /// How long a sent request waits for its answer before it fails with
     /// [`Error::Timeout`]; the connection is then taken as hung and dropped. Each frame of a
-    /// long query answer starts the wait again. Default [`DEFAULT_REQUEST_TIMEOUT`] (5 s).
+    /// long query answer starts the wait again. `Duration::MAX` means no limit. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`] (5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self
@@ -438,6 +314,11 @@ impl ClientBuilder {
     /// [`Error::Config`] outside one, without an address, with a zero timeout or backoff
     /// cap, or with a watch buffer under 2.
     pub fn build(self) -> Result<Client, Error> {
+        self.build_with(Tcp)
+    }
+
+    /// [`ClientBuilder::build`] with another transport than plain TCP.
+    pub(crate) fn build_with<D: Dial>(self, dial: D) -> Result<Client, Error> {
         let config = self.config;
         if config.addresses.is_empty() {
             return Err(Error::Config("no server address given".into()));
@@ -464,21 +345,19 @@ impl ClientBuilder {
             )
         })?;
         let config = Arc::new(config);
-        let shared = Arc::new(Shared::default());
+        let status = Arc::new(WorkerStatus::default());
         let (calls, incoming) = mpsc::channel(CALL_BUFFER);
         let (control, control_incoming) = mpsc::unbounded_channel();
         worker::spawn(
             &runtime,
             config.clone(),
+            dial,
             incoming,
             control_incoming,
-            shared.clone(),
+            status.clone(),
         );
         Ok(Client {
-            calls,
-            control,
-            shared,
-            config,
+            caller: Caller::new(calls, control, status, config),
         })
     }
 }

@@ -4,14 +4,32 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`client`] | [`Client`], the cheap-to-clone handle every call goes through, and its [`ClientBuilder`] |
-//! | [`registration`] | [`Registration`], an announced instance kept alive by a background heartbeat loop, and the [`ServiceSpec`] it announces |
-//! | [`watch`] | [`Watch`], the stream of a type's changes that survives reconnections, and its [`WatchEvent`]s |
+//! | [`registration`] | [`Registration`], an announced instance kept alive by a background heartbeat loop |
+//! | [`watch`] | [`Watch`], the stream of a type's changes that survives reconnections |
 //! | [`view`] | [`ServiceView`], a live local list of a type's instances built on a watch |
 //! | [`config`] | server addresses, and the defaults of every timeout |
 //! | [`error`] | [`Error`], one enum for every failure, with predicates to act on |
-//! | `worker` | the task that owns the connection: handshake, pipelining, reconnection, failover |
-//! | `subscriptions` | the worker's table of open watches: routing pushes, joining snapshots, resuming, bounded delivery |
+//! | `spec` | [`ServiceSpec`], what a service announces |
+//! | `event` | [`WatchEvent`], what a watch reports |
+//! | `caller` | the crate's own handle to the worker, that `Client`, `Registration` and `Watch` are made of |
+//! | `worker` | the task that owns the connection: its main loop, connecting on demand and again after a loss |
+//! | `session` | one connection over any byte stream: handshake, pipelining, routing frames, the request timeout |
+//! | `dial` | the seam that opens byte streams to servers, and its TCP default |
+//! | `failover` | which address next and when: rounds over the address list, backoff between rounds |
 //! | `backoff` | the exponential backoff with jitter between rounds of connection attempts |
+//! | `inbox` | what the handles give the worker: calls, watch controls, the queue of calls not yet written |
+//! | `in_flight` | the requests on the wire: ids, matching answers, joining query parts, timeouts |
+//! | `watches` | the worker's table of open watches: routing pushes, joining snapshots, resuming, bounded delivery |
+//! | `watch_channel` | what a watch handle and the worker exchange: keys, buffer items, controls |
+//! | `call` | what a handle gives the worker for one request, and the outcome it gets back |
+//! | `status` | what the worker publishes for its handles: the current server, why it stopped |
+//! | `stop` | recording why the worker stopped, before anything of it is dropped |
+//! | `deadline` | deadlines from durations callers and servers choose, where an overflow means "never" |
+//!
+//! Modules import only downward, so that each can be read knowing only what is below it:
+//! `client` → `registration`, `view` → `watch` → `caller` → `call`, `status`, `spec`;
+//! `client` → `worker` → `session` → `inbox`, `in_flight` → `watches` →
+//! `watch_channel` → `event`.
 //!
 //! # Guide
 //!
@@ -127,7 +145,22 @@ pub mod view;
 pub mod watch;
 
 mod backoff;
-mod subscriptions;
+mod call;
+mod caller;
+mod deadline;
+mod dial;
+mod event;
+mod failover;
+mod in_flight;
+mod inbox;
+mod session;
+mod spec;
+mod status;
+mod stop;
+#[cfg(test)]
+mod testing;
+mod watch_channel;
+mod watches;
 mod worker;
 
 pub use client::{Client, ClientBuilder, ServerInfo};

@@ -15,11 +15,9 @@
 //! instance deregistered, so that no heartbeat or re-registration in flight can bring it
 //! back after the deregister.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use discovery_proto::Metadata;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
@@ -27,8 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::client::Client;
+use crate::caller::Caller;
+use crate::deadline;
 use crate::error::Error;
+
+// Defined below the calls that announce it; its home for programs is here, next to the
+// `Registration` that keeps it announced.
+pub use crate::spec::ServiceSpec;
 
 /// The heartbeat interval as a fraction of the TTL: two heartbeats can be lost before the
 /// instance expires.
@@ -41,45 +44,14 @@ const HEARTBEAT_JITTER: f64 = 0.1;
 /// of the server's default TTL.
 const FALLBACK_INTERVAL: Duration = Duration::from_millis(5000 / HEARTBEAT_FRACTION as u64);
 
-/// What to announce: the type of service and where callers reach it.
-///
-/// ```
-/// use discovery_client::ServiceSpec;
-///
-/// let spec = ServiceSpec::new("billing", "10.0.0.5:8080".parse().unwrap())
-///     .with_metadata("version", "1.4.2")
-///     .with_metadata("zone", "eu-west-1a");
-/// assert_eq!(spec.metadata["zone"], "eu-west-1a");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServiceSpec {
-    /// What the instance provides, such as `billing`; what callers query by.
-    pub service_type: String,
-    /// Where callers reach it. It must be an address they can connect to: the server
-    /// refuses `0.0.0.0` and port 0, so a service listening on all interfaces announces
-    /// the address of the interface its callers use.
-    pub address: SocketAddr,
-    /// Free-form pairs shown to callers (a version, a zone, a weight...).
-    pub metadata: Metadata,
-}
+/// The longest interval, a third of a century: the longest TTL our servers announce (they
+/// cut longer ones to a century). It bounds what another server could announce, so that no
+/// tick of the heartbeat timer lies beyond what the clock can express.
+const MAX_INTERVAL: Duration =
+    Duration::from_secs(100 * 365 * 24 * 60 * 60 / HEARTBEAT_FRACTION as u64);
 
-impl ServiceSpec {
-    /// An instance of `service_type` reachable at `address`, with no metadata.
-    pub fn new(service_type: impl Into<String>, address: SocketAddr) -> Self {
-        Self {
-            service_type: service_type.into(),
-            address,
-            metadata: Metadata::new(),
-        }
-    }
-
-    /// Adds (or replaces) one metadata pair.
-    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
-        self
-    }
-}
+/// The shortest interval.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Where a [`Registration`] stands, as its owner can watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,10 +86,10 @@ impl RegistrationState {
 /// An announced instance, kept alive by a background heartbeat loop until it is shut down
 /// or dropped.
 ///
-/// Made by [`Client::register`]. Its id can change: when the server forgets the instance
+/// Made by [`Client::register`](crate::Client::register). Its id can change: when the server forgets the instance
 /// (after an outage longer than the TTL, or a server restart), the loop registers it again
 /// and the server gives it a new id. Read the current one with [`Registration::id`], or
-/// follow changes with [`Registration::watch`].
+/// follow changes with [`Registration::state`].
 ///
 /// [`Registration::shutdown`] deregisters it and says whether that worked; dropping it
 /// does the same in the background, best-effort (and if that cannot run, the instance
@@ -136,10 +108,10 @@ impl RegistrationState {
 /// let registration = client
 ///     .register(ServiceSpec::new("billing", "127.0.0.1:8080".parse()?))
 ///     .await?;
-/// assert_eq!(registration.state(), RegistrationState::Registered { id: registration.id() });
+/// assert_eq!(registration.current_state(), RegistrationState::Registered { id: registration.id() });
 ///
 /// // Log every change of state in the background.
-/// let mut states = registration.watch();
+/// let mut states = registration.state();
 /// tokio::spawn(async move {
 ///     while states.changed().await.is_ok() {
 ///         println!("billing registration: {:?}", *states.borrow_and_update());
@@ -167,19 +139,19 @@ pub struct Registration {
 
 #[derive(Debug)]
 struct Running {
-    client: Client,
+    caller: Caller,
     stop: CancellationToken,
     heartbeats: JoinHandle<()>,
 }
 
 impl Registration {
     /// Starts the heartbeat loop for an instance registered under `id`.
-    pub(crate) fn start(client: Client, spec: ServiceSpec, id: Uuid) -> Self {
+    pub(crate) fn start(caller: Caller, spec: ServiceSpec, id: Uuid) -> Self {
         let shared_id = Arc::new(Mutex::new(id));
         let (state_tx, state) = watch::channel(RegistrationState::Registered { id });
         let stop = CancellationToken::new();
         let heartbeat_loop = HeartbeatLoop {
-            client: client.clone(),
+            caller: caller.clone(),
             spec: spec.clone(),
             id: shared_id.clone(),
             state: state_tx,
@@ -191,7 +163,7 @@ impl Registration {
             id: shared_id,
             state,
             running: Some(Running {
-                client,
+                caller,
                 stop,
                 heartbeats,
             }),
@@ -204,14 +176,14 @@ impl Registration {
         *self.id.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Where the registration stands now.
-    pub fn state(&self) -> RegistrationState {
+    /// Where the registration stands now; [`Registration::state`] follows it over time.
+    pub fn current_state(&self) -> RegistrationState {
         *self.state.borrow()
     }
 
-    /// A receiver that sees every change of state, to log outages or to wait until the
-    /// instance is registered again. It reports the sender gone once the loop has stopped.
-    pub fn watch(&self) -> watch::Receiver<RegistrationState> {
+    /// The registration's state as it changes, to log outages or to wait until the instance
+    /// is registered again. The receiver reports its sender gone once the loop has stopped.
+    pub fn state(&self) -> watch::Receiver<RegistrationState> {
         self.state.clone()
     }
 
@@ -235,7 +207,7 @@ impl Registration {
         // A panicked loop has nothing to finish: deregister all the same.
         let _ = running.heartbeats.await;
         let id = self.id();
-        let result = running.client.deregister(id).await;
+        let result = running.caller.deregister(id).await;
         match &result {
             Ok(()) => info!(%id, "deregistered"),
             Err(error) => debug!(%id, %error, "deregister at shutdown failed"),
@@ -260,7 +232,7 @@ impl Drop for Registration {
         runtime.spawn(async move {
             let _ = running.heartbeats.await;
             let id = *id.lock().unwrap_or_else(PoisonError::into_inner);
-            match running.client.deregister(id).await {
+            match running.caller.deregister(id).await {
                 Ok(()) => info!(%id, "deregistered after the Registration was dropped"),
                 Err(error) => debug!(%id, %error, "deregister after drop failed"),
             }
@@ -270,7 +242,7 @@ impl Drop for Registration {
 
 /// The background loop of one registration.
 struct HeartbeatLoop {
-    client: Client,
+    caller: Caller,
     spec: ServiceSpec,
     id: Arc<Mutex<Uuid>>,
     state: watch::Sender<RegistrationState>,
@@ -355,7 +327,7 @@ impl HeartbeatLoop {
     /// one interval (the client is waiting for a server) turns the state to `Reconnecting`
     /// at once, rather than after the whole connect timeout.
     async fn heartbeat(&self, id: Uuid, interval: Duration) -> Option<Result<(), Error>> {
-        let heartbeat = self.client.heartbeat(id);
+        let heartbeat = self.caller.heartbeat(id);
         tokio::pin!(heartbeat);
         let slow = sleep(interval);
         tokio::pin!(slow);
@@ -378,13 +350,13 @@ impl HeartbeatLoop {
     /// loop is stopped meanwhile: it may already be on the wire, and the id it brings back
     /// is what shutdown must deregister.
     async fn register(&self) -> Result<Uuid, Error> {
-        let register = self.client.register_once(&self.spec);
+        let register = self.caller.register_once(&self.spec);
         tokio::pin!(register);
         tokio::select! {
             result = &mut register => result,
             () = self.stop.cancelled() => {
                 // The wait is bounded by the client's connect and request timeouts.
-                debug!(timeout = ?self.client.connect_timeout(), "stopping; finishing the register in flight");
+                debug!(timeout = ?self.caller.connect_timeout(), "stopping; finishing the register in flight");
                 register.await
             }
         }
@@ -405,12 +377,16 @@ impl HeartbeatLoop {
 
     /// A third of the server's TTL.
     fn interval(&self) -> Duration {
-        self.client
-            .ttl()
-            .map(|ttl| ttl / HEARTBEAT_FRACTION)
-            .unwrap_or(FALLBACK_INTERVAL)
-            .max(Duration::from_millis(10))
+        heartbeat_interval(self.caller.ttl())
     }
+}
+
+/// A third of `ttl`, the server's TTL if known, within [`MIN_INTERVAL`] and
+/// [`MAX_INTERVAL`].
+fn heartbeat_interval(ttl: Option<Duration>) -> Duration {
+    ttl.map(|ttl| ttl / HEARTBEAT_FRACTION)
+        .unwrap_or(FALLBACK_INTERVAL)
+        .clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
 /// Ticks every `interval`, the first one at a random point of the first interval, so that
@@ -418,7 +394,129 @@ impl HeartbeatLoop {
 /// slow is taken late rather than in a burst.
 fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
     let first = interval.mul_f64(fastrand::f64());
-    let mut ticker = interval_at(Instant::now() + first, interval);
+    let mut ticker = interval_at(deadline::saturating_after(Instant::now(), first), interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::time::{Instant, sleep};
+
+    use super::*;
+    use crate::Client;
+    use crate::config::DEFAULT_BACKOFF_MAX;
+    use crate::testing::PipeServer;
+
+    const TTL: Duration = Duration::from_secs(1);
+    const INTERVAL: Duration = Duration::from_millis(1000 / 3);
+    /// Tokio's timers round up to the next millisecond: one of these per sleep on the way.
+    const TICK: Duration = Duration::from_millis(1);
+
+    fn spec(service_type: &str) -> ServiceSpec {
+        ServiceSpec::new(service_type, SocketAddr::from(([127, 0, 0, 1], 9000)))
+    }
+
+    #[test]
+    fn the_interval_is_a_third_of_the_ttl_within_bounds() {
+        assert_eq!(
+            heartbeat_interval(Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(heartbeat_interval(None), FALLBACK_INTERVAL);
+        assert_eq!(heartbeat_interval(Some(Duration::ZERO)), MIN_INTERVAL);
+        // A server may announce anything; the interval stays one the clock can hold.
+        assert_eq!(heartbeat_interval(Some(Duration::MAX)), MAX_INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_stays_listed_over_many_ttls() {
+        let server = PipeServer::start(TTL);
+        let client = server.client(Client::builder());
+        let registration = client.register(spec("kept")).await.unwrap();
+        let id = registration.id();
+        let states = registration.state();
+
+        // Five TTLs, looking often: the instance is never missing and never re-registered.
+        let until = Instant::now() + 5 * TTL;
+        while Instant::now() < until {
+            assert_eq!(server.listed("kept"), [id]);
+            assert_eq!(
+                registration.current_state(),
+                RegistrationState::Registered { id }
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!states.has_changed().unwrap(), "the state never moved");
+        assert_eq!(registration.id(), id);
+
+        registration.shutdown().await.unwrap();
+        assert!(server.listed("kept").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_is_noticed_and_recovered_within_the_documented_bounds() {
+        let server = PipeServer::start(TTL);
+        let client = server.client(Client::builder());
+        let registration = client.register(spec("phoenix")).await.unwrap();
+        let first_id = registration.id();
+        let mut states = registration.state();
+
+        server.crash();
+        let crashed_at = Instant::now();
+        states.wait_for(|s| !s.is_registered()).await.unwrap();
+        // Noticed by the first heartbeat left unanswered for an interval (at most an
+        // interval to the next tick, a tenth of one of jitter, and the interval waited), not
+        // after the whole connect timeout.
+        let noticed = crashed_at.elapsed();
+        assert!(
+            noticed <= 2 * INTERVAL + INTERVAL / 10 + 3 * TICK,
+            "noticed after {noticed:?}"
+        );
+        // Down long enough for the client to back off a few times.
+        sleep(Duration::from_secs(1)).await;
+
+        server.restart();
+        let back_at = Instant::now();
+        let state = *states
+            .wait_for(|s| s.id().is_some_and(|id| id != first_id))
+            .await
+            .unwrap();
+        let took = back_at.elapsed();
+        // The documented bound: a TTL, the backoff cap, and one heartbeat interval (and the
+        // rounding of the backoff, the tick, the jitter and the spread).
+        let bound = TTL + DEFAULT_BACKOFF_MAX + INTERVAL + 4 * TICK;
+        assert!(took <= bound, "listed again after {took:?}");
+        let new_id = registration.id();
+        assert_eq!(state, RegistrationState::Registered { id: new_id });
+        assert_eq!(server.listed("phoenix"), [new_id]);
+
+        registration.shutdown().await.unwrap();
+        assert!(server.listed("phoenix").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_ttl_from_a_server_is_followed_without_overflow() {
+        let server = PipeServer::start(Duration::MAX);
+        let client = server.client(Client::builder());
+        let registration = client.register(spec("forever")).await.unwrap();
+        assert_eq!(client.ttl(), Some(Duration::MAX));
+        let states = registration.state();
+        // A virtual decade: the loop lives (its state's sender is still there), and the
+        // instance stays listed.
+        sleep(Duration::from_secs(10 * 365 * 24 * 60 * 60)).await;
+        assert!(states.has_changed().is_ok(), "the heartbeat loop is alive");
+        assert_eq!(server.listed("forever"), [registration.id()]);
+        client.ping().await.unwrap();
+        registration.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ticker_for_the_longest_interval_can_be_made() {
+        let mut ticker = heartbeat_ticker(heartbeat_interval(Some(Duration::MAX)));
+        // Its first tick lies somewhere in the first interval, so it is not due now.
+        assert!(futures_util::FutureExt::now_or_never(ticker.tick()).is_none());
+    }
 }

@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::watch::{Watch, WatchEvent};
+use crate::event::WatchEvent;
+use crate::watch::Watch;
 
 /// How current a [`ServiceView`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,7 +3,7 @@
 //!
 //! A watch starts with a [`WatchEvent::Snapshot`] of the type's live instances, then
 //! reports every change as [`WatchEvent::Added`] or [`WatchEvent::Removed`], each with the
-//! type's new [`Revision`]. Applying the events in order to the snapshot gives the instances
+//! type's new [`Revision`](crate::Revision). Applying the events in order to the snapshot gives the instances
 //! the server lists, at every revision.
 //!
 //! When the connection breaks, the watch says [`WatchEvent::Disconnected`] and the client's
@@ -23,117 +23,20 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use discovery_proto::{Instance, RemoveReason, Revision};
+use discovery_proto::Request;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-use crate::client::Client;
+use crate::caller::Caller;
+use crate::error::Error;
+use crate::watch_channel::{Control, Item, NewWatch, WatchKey, next_watch_key};
 
-/// Names a watch inside one client, across the connections it lives on (its request id
-/// changes with every connection).
-pub(crate) type WatchKey = u64;
-
-/// What the worker puts in a watch's buffer.
-#[derive(Debug)]
-pub(crate) enum Item {
-    /// An event for the consumer.
-    Event(WatchEvent),
-    /// The buffer was full, so events were dropped after this point: put in the last free
-    /// slot, so that the consumer finds it after every event that fitted.
-    Lagged,
-}
-
-/// What a [`Watch`] tells the worker, without waiting.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// The consumer read [`Item::Lagged`]: its buffer has room again, so subscribe anew.
-    Resync(WatchKey),
-    /// The watch was dropped: unsubscribe and forget it.
-    Close(WatchKey),
-}
-
-/// What the worker needs to open a watch, handed over with its `Watch` request.
-#[derive(Debug)]
-pub(crate) struct NewWatch {
-    pub(crate) key: WatchKey,
-    pub(crate) service_type: String,
-    pub(crate) events: mpsc::Sender<Item>,
-}
-
-/// One thing that happened to a watched type, or to the watch itself.
-///
-/// The first event of a watch is always a `Snapshot`. A consumer that keeps a list of
-/// instances replaces it on every `Snapshot`, inserts on `Added` and removes on `Removed`;
-/// the other events say how current that list is. Revisions of the events that carry one
-/// only grow, except that a `Snapshot` with `reset: true` may start from any revision (it
-/// may come from another server, or from a restarted one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WatchEvent {
-    /// Every live instance of the type as of `revision`, joined from however many frames
-    /// the server sent it in. It replaces whatever the consumer knew.
-    Snapshot {
-        /// The type's revision this snapshot is as of.
-        revision: Revision,
-        /// The live instances, in no particular order.
-        instances: Vec<Instance>,
-        /// False for the first snapshot of a watch; true when it replaces an earlier view:
-        /// the missed changes could not be resumed after a reconnection, or the consumer
-        /// fell behind (after [`WatchEvent::Lagged`]).
-        reset: bool,
-    },
-    /// An instance appeared (registered, or registered again after it was forgotten).
-    Added {
-        /// The type's revision after this change.
-        revision: Revision,
-        /// The new instance.
-        instance: Instance,
-    },
-    /// An instance is gone.
-    Removed {
-        /// The type's revision after this change.
-        revision: Revision,
-        /// The instance as it was last.
-        instance: Instance,
-        /// Why: deregistered, expired, or replaced by a register of the same type, ip and
-        /// port (an `Added` of the new instance follows at once).
-        reason: RemoveReason,
-    },
-    /// The connection to the server broke (or the server shut down). The watch keeps
-    /// trying to reconnect, failing over between the client's addresses with backoff; what
-    /// the consumer knows is stale until a `Resumed` or a `Snapshot` comes.
-    Disconnected {
-        /// Why the connection ended, for people.
-        reason: String,
-    },
-    /// The watch is current again after a `Disconnected`: the server still held the
-    /// changes made since `revision` (the last one the consumer was given), and they follow
-    /// as `Added` and `Removed` events.
-    Resumed {
-        /// The revision the watch resumed from.
-        revision: Revision,
-    },
-    /// The consumer did not keep up: its buffer filled, so later events were dropped. A
-    /// `Snapshot` with `reset: true` follows (once the server has sent it) and makes the
-    /// consumer current again.
-    Lagged,
-}
-
-impl WatchEvent {
-    /// The type's revision after this event, for the events that carry one.
-    pub fn revision(&self) -> Option<Revision> {
-        match self {
-            WatchEvent::Snapshot { revision, .. }
-            | WatchEvent::Added { revision, .. }
-            | WatchEvent::Removed { revision, .. }
-            | WatchEvent::Resumed { revision } => Some(*revision),
-            WatchEvent::Disconnected { .. } | WatchEvent::Lagged => None,
-        }
-    }
-}
+// Defined below the watch machinery (both the worker and the handles use it); its home
+// for programs is here, next to the `Watch` that yields it.
+pub use crate::event::WatchEvent;
 
 /// The changes of one service type, as a [`Stream`] of [`WatchEvent`]s; made by
-/// [`Client::watch`].
+/// [`Client::watch`](crate::Client::watch).
 ///
 /// It lives across reconnections and server restarts (see the [module](self) for how), and
 /// ends (`None`) only when the client's worker stops or a server refuses to open the watch
@@ -183,22 +86,33 @@ pub struct Watch {
     service_type: String,
     events: mpsc::Receiver<Item>,
     /// Keeps the worker alive, and carries `Control` messages to it.
-    client: Client,
+    caller: Caller,
 }
 
 impl Watch {
-    pub(crate) fn new(
-        key: WatchKey,
-        service_type: String,
-        events: mpsc::Receiver<Item>,
-        client: Client,
-    ) -> Self {
-        Self {
+    /// Opens a watch of `service_type` through `caller`'s worker; returns once the server
+    /// has accepted it and its first snapshot is in the buffer.
+    pub(crate) async fn open(caller: Caller, service_type: String) -> Result<Watch, Error> {
+        let key = next_watch_key();
+        let (events, receiver) = mpsc::channel(caller.watch_buffer());
+        // Made first, so that a call given up or cancelled midway unsubscribes on drop.
+        let watch = Watch {
+            key,
+            service_type: service_type.clone(),
+            events: receiver,
+            caller: caller.clone(),
+        };
+        let request = Request::Watch {
+            service_type: service_type.clone(),
+            since: None,
+        };
+        let new = NewWatch {
             key,
             service_type,
             events,
-            client,
-        }
+        };
+        caller.open_watch(request, new).await?;
+        Ok(watch)
     }
 
     /// The watched type.
@@ -218,7 +132,7 @@ impl Watch {
             Some(Item::Event(event)) => Poll::Ready(Some(event)),
             Some(Item::Lagged) => {
                 // Everything before the marker has been read: there is room for a snapshot.
-                self.client.control(Control::Resync(self.key));
+                self.caller.control(Control::Resync(self.key));
                 Poll::Ready(Some(WatchEvent::Lagged))
             }
             None => Poll::Ready(None),
@@ -236,6 +150,6 @@ impl Stream for Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.client.control(Control::Close(self.key));
+        self.caller.control(Control::Close(self.key));
     }
 }

@@ -161,7 +161,7 @@ async fn a_thousand_registrations_are_listed_again_after_their_server_crashes() 
     let re_registered = Arc::new(Mutex::new(Vec::with_capacity(REGISTRATIONS)));
     let mut watchers = tokio::task::JoinSet::new();
     for (registration, first_id) in registrations.iter().zip(&first_ids) {
-        let mut states = registration.watch();
+        let mut states = registration.state();
         let (first_id, times) = (*first_id, re_registered.clone());
         watchers.spawn(async move {
             if states
@@ -174,12 +174,15 @@ async fn a_thousand_registrations_are_listed_again_after_their_server_crashes() 
         });
     }
 
-    // A connection open at the crash must see its end at once, not at an idle timeout.
+    // A connection open at the crash must see its end at once, not at the server's idle
+    // timeout (60 s): its socket is closed by the time `crash` returns, so only a loaded
+    // machine's scheduling stands between it and the read, and half the idle timeout is
+    // room enough for that.
     let mut bystander = TcpStream::connect(address).await.unwrap();
     server.crash().await;
     let crashed_at = Instant::now();
     let mut byte = [0; 1];
-    let end = timeout(Duration::from_secs(1), bystander.read(&mut byte)).await;
+    let end = timeout(Duration::from_secs(30), bystander.read(&mut byte)).await;
     assert!(
         matches!(end, Ok(Ok(0) | Err(_))),
         "a connection outlived the crash: {end:?}"
@@ -198,10 +201,10 @@ async fn a_thousand_registrations_are_listed_again_after_their_server_crashes() 
     let listed_after = restarted_at.elapsed();
     for (registration, first_id) in registrations.iter().zip(&first_ids) {
         assert_ne!(registration.id(), *first_id, "listed under its old id");
-        assert!(registration.state().is_registered());
+        assert!(registration.current_state().is_registered());
     }
     // Every watcher has seen its new id by now (all are listed under it).
-    timeout(Duration::from_secs(5), watchers.join_all())
+    timeout(Duration::from_secs(30), watchers.join_all())
         .await
         .expect("a registration's new id was never seen");
 

@@ -119,7 +119,7 @@ impl Member {
         let sent = Instant::now();
         let registration = client.register(spec(slot, shared.types)).await?;
         let returned = Instant::now();
-        let mut states = registration.watch();
+        let mut states = registration.state();
         let id = states
             .borrow_and_update()
             .id()
@@ -140,7 +140,7 @@ impl Member {
 
     /// Marks it as being stopped: from now on its ids are not expected in answers.
     fn begin_stop(self, shared: &Shared) -> Stopping {
-        let states = self.registration.watch();
+        let states = self.registration.state();
         {
             let mut tracked = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
             tracked.stopping = true;

@@ -1,4 +1,4 @@
-//! The worker's table of open watches: which request id each has on the current
+//! The worker's [`WatchTable`] of open watches: which request id each has on the current
 //! connection, the last revision its consumer was given, the snapshot it is receiving, and
 //! its bounded buffer.
 //!
@@ -18,50 +18,53 @@ use discovery_proto::{Instance, Request, RequestId, Response, Revision};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
+use crate::call::Outcome;
 use crate::error::Error;
-use crate::watch::{Control, Item, NewWatch, WatchEvent, WatchKey};
-use crate::worker::Answer;
+use crate::event::WatchEvent;
+use crate::watch_channel::{Control, Item, NewWatch, WatchKey};
 
 /// What the table needs from the worker's connection.
 pub(crate) trait Outbox {
     /// Sends a request of the worker's own on the current connection, with the request
     /// timeout; `None` when there is no connection.
     fn send(&mut self, request: Request) -> Option<RequestId>;
-    /// Completes request `id` with `answer`, if it is still waiting.
-    fn answer(&mut self, id: RequestId, answer: Answer);
+    /// Completes request `id` with `outcome`, if it is still waiting.
+    fn answer(&mut self, id: RequestId, outcome: Outcome);
     /// Starts the request timeout of `id` again: a part of its answer came.
     fn touch(&mut self, id: RequestId);
 }
 
 /// Every open watch of the client.
 #[derive(Debug, Default)]
-pub(crate) struct Subscriptions {
-    watches: HashMap<WatchKey, Subscription>,
+pub(crate) struct WatchTable {
+    watches: HashMap<WatchKey, OpenWatch>,
     /// The watches subscribed on the current connection, by their request id there.
     by_request: HashMap<RequestId, WatchKey>,
 }
 
+/// One open watch, as the worker keeps it.
 #[derive(Debug)]
-struct Subscription {
+struct OpenWatch {
     service_type: String,
     events: tokio::sync::mpsc::Sender<Item>,
-    /// The revision of the last event given to the consumer: where a new subscription
-    /// resumes.
+    /// The revision of the last event given to the consumer: where its next `Watch`
+    /// request resumes.
     revision: Option<Revision>,
     /// The id of its `Watch` on the current connection; `None` while not subscribed.
     request: Option<RequestId>,
     /// Its first snapshot has not come yet: `Client::watch` waits on the request.
     opening: bool,
     /// The parts of a snapshot received so far.
-    partial: Option<Partial>,
+    partial: Option<PartialSnapshot>,
     /// Its buffer filled: unsubscribed, and waiting for the consumer to ask for a resync.
     stale: bool,
-    /// The next subscription starts afresh (no `since`) and its snapshot is a reset.
+    /// Its next `Watch` request starts afresh (no `since`) and its snapshot is a reset.
     reset_next: bool,
 }
 
+/// A snapshot whose last part has not come yet.
 #[derive(Debug)]
-struct Partial {
+struct PartialSnapshot {
     revision: Revision,
     reset: bool,
     instances: Vec<Instance>,
@@ -77,13 +80,13 @@ enum Delivery {
     Gone,
 }
 
-impl Subscriptions {
+impl WatchTable {
     /// Records a watch whose `Watch` request was just written under `request`.
     pub(crate) fn open(&mut self, request: RequestId, new: NewWatch) {
         self.by_request.insert(request, new.key);
         self.watches.insert(
             new.key,
-            Subscription {
+            OpenWatch {
                 service_type: new.service_type,
                 events: new.events,
                 revision: None,
@@ -189,7 +192,7 @@ impl Subscriptions {
                 instances,
                 more,
             } => {
-                let partial = watch.partial.get_or_insert_with(|| Partial {
+                let partial = watch.partial.get_or_insert_with(|| PartialSnapshot {
                     revision,
                     reset,
                     instances: Vec::new(),
@@ -295,7 +298,7 @@ impl Subscriptions {
 /// start afresh.
 fn subscribe(
     key: WatchKey,
-    watch: &mut Subscription,
+    watch: &mut OpenWatch,
     by_request: &mut HashMap<RequestId, WatchKey>,
     out: &mut impl Outbox,
 ) {
@@ -317,7 +320,7 @@ fn subscribe(
 /// Sends `Unwatch` for a watch subscribed on the current connection; frames of it that
 /// are still on their way are ignored from now on.
 fn unsubscribe(
-    watch: &mut Subscription,
+    watch: &mut OpenWatch,
     by_request: &mut HashMap<RequestId, WatchKey>,
     out: &mut impl Outbox,
 ) {
@@ -330,7 +333,7 @@ fn unsubscribe(
 
 /// True for a change at or before the last revision given to the consumer, of the same
 /// server run: the server never sends one, and the consumer must never see one twice.
-fn is_old(watch: &Subscription, revision: Revision) -> bool {
+fn is_old(watch: &OpenWatch, revision: Revision) -> bool {
     let old = watch
         .revision
         .is_some_and(|last| last.incarnation == revision.incarnation && revision <= last);
@@ -343,7 +346,7 @@ fn is_old(watch: &Subscription, revision: Revision) -> bool {
 /// Puts an event in the consumer's buffer without waiting. The last free slot is kept for
 /// the `Lagged` marker: when only it is left, the marker goes in, the event is dropped and
 /// the watch goes stale.
-fn deliver(watch: &mut Subscription, event: WatchEvent) -> Delivery {
+fn deliver(watch: &mut OpenWatch, event: WatchEvent) -> Delivery {
     if watch.stale {
         return Delivery::Dropped;
     }
