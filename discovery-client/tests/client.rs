@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TTL, TestServer, builder, client, dead_address, eventually, listed};
+use common::{TTL, builder, client, dead_address, eventually, listed};
 use discovery_client::{ClientBuilder, Error, ErrorKind, RegistrationState, ServiceSpec, Uuid};
 use discovery_proto::codec::ServerCodec;
 use discovery_proto::{MAX_FRAME_BYTES, PROTOCOL_VERSION, Response, ServerFrame};
 use discovery_server::config::ServerConfig;
+use discovery_test_support::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
@@ -28,7 +29,7 @@ const INTERVAL: Duration = Duration::from_millis(1000 / 3);
 
 #[tokio::test]
 async fn register_then_query() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let client = client(server.address());
 
     let registration = client
@@ -67,7 +68,7 @@ async fn register_then_query() {
 
 #[tokio::test]
 async fn a_registration_comes_back_after_its_server_restarts() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let address = server.address();
     let client = client(address);
     let registration = client.register(spec("phoenix", 9001)).await.unwrap();
@@ -90,7 +91,7 @@ async fn a_registration_comes_back_after_its_server_restarts() {
     // Stay down long enough for the client to back off a few times.
     sleep(Duration::from_secs(1)).await;
 
-    let restarted = TestServer::start_on(address, TTL).await;
+    let restarted = common::server_on(address, TTL).await;
     let back_at = Instant::now();
     let checker = common::client(address);
     let new_id = eventually("listed again", Duration::from_secs(15), || async {
@@ -131,7 +132,7 @@ async fn register_waits_for_a_server_that_comes_up_within_the_connect_timeout() 
     // The register has found no server; now one comes up.
     let (refused, _) = not_yet.accept().await.unwrap();
     drop((refused, not_yet));
-    let server = TestServer::start_on(address, TTL).await;
+    let server = common::server_on(address, TTL).await;
     let registration = register
         .await
         .unwrap()
@@ -165,7 +166,7 @@ async fn register_fails_clearly_when_no_server_comes_up() {
 
 #[tokio::test]
 async fn the_second_address_is_used_when_the_first_is_dead() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let client = discovery_client::Client::builder()
         .addresses([dead_address(), server.address()])
         .build()
@@ -183,8 +184,8 @@ async fn the_second_address_is_used_when_the_first_is_dead() {
 
 #[tokio::test]
 async fn a_registration_moves_to_the_next_server_when_its_server_stops() {
-    let first = TestServer::start(TTL).await;
-    let second = TestServer::start(TTL).await;
+    let first = common::server(TTL).await;
+    let second = common::server(TTL).await;
     let client = discovery_client::Client::builder()
         .addresses([first.address(), second.address()])
         .build()
@@ -213,7 +214,7 @@ async fn a_registration_moves_to_the_next_server_when_its_server_stops() {
 
 #[tokio::test]
 async fn shutdown_removes_the_instance_at_once() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let client = client(server.address());
     let registration = client.register(spec("brief", 9006)).await.unwrap();
     let id = registration.id();
@@ -229,7 +230,7 @@ async fn shutdown_removes_the_instance_at_once() {
 
 #[tokio::test]
 async fn dropping_a_registration_stops_its_heartbeats() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let client = client(server.address());
     let registration = client.register(spec("dropped", 9007)).await.unwrap();
     let id = registration.id();
@@ -257,7 +258,7 @@ async fn dropping_a_registration_stops_its_heartbeats() {
 
 #[tokio::test]
 async fn a_forgotten_instance_is_registered_again_under_a_new_id() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let client = client(server.address());
     let registration = client.register(spec("forgotten", 9008)).await.unwrap();
     let first_id = registration.id();
@@ -285,7 +286,7 @@ async fn a_forgotten_instance_is_registered_again_under_a_new_id() {
 #[tokio::test]
 async fn query_joins_an_answer_split_over_frames() {
     // A TTL long enough for 300 single registrations to outlive the test.
-    let server = TestServer::start(Duration::from_secs(30)).await;
+    let server = common::server(Duration::from_secs(30)).await;
     let client = client(server.address());
     let value = "x".repeat(400);
 
@@ -318,7 +319,7 @@ async fn query_joins_an_answer_split_over_frames() {
 
 #[tokio::test]
 async fn unknown_ids_and_refused_specs_are_told_apart() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let client = client(server.address());
 
     let unknown = Uuid::new_v4();
@@ -429,7 +430,7 @@ async fn works_against(server: &TestServer, settings: ClientBuilder, service_typ
 // the worker, which stopped it: every later call failed with `Closed`.
 #[tokio::test]
 async fn an_endless_request_timeout_is_no_timeout() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let settings = builder(server.address()).request_timeout(Duration::MAX);
     works_against(&server, settings, "endless-request").await;
     server.stop().await;
@@ -437,7 +438,7 @@ async fn an_endless_request_timeout_is_no_timeout() {
 
 #[tokio::test]
 async fn an_endless_connect_timeout_is_no_timeout() {
-    let server = TestServer::start(TTL).await;
+    let server = common::server(TTL).await;
     let settings = builder(server.address()).connect_timeout(Duration::MAX);
     works_against(&server, settings, "endless-connect").await;
     let settings = builder(server.address())

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Proxy, TestServer, builder, client, dead_address, eventually, listed};
+use common::{Proxy, builder, client, dead_address, eventually, listed};
 use discovery_client::{
     Client, Error, ErrorKind, Instance, RemoveReason, Revision, ServiceSpec, Uuid, ViewStatus,
     Watch, WatchEvent,
@@ -133,7 +133,7 @@ async fn catch_up(watch: &mut Watch, mirror: &mut Mirror, checker: &Client, serv
 
 #[tokio::test]
 async fn register_deregister_replace_and_expire_are_pushed() {
-    let server = TestServer::start(Duration::from_secs(1)).await;
+    let server = common::server(Duration::from_secs(1)).await;
     let client = client(server.address());
     let mut watch = client.watch("svc").await.unwrap();
     assert_eq!(watch.service_type(), "svc");
@@ -197,7 +197,7 @@ async fn register_deregister_replace_and_expire_are_pushed() {
 
 #[tokio::test]
 async fn a_snapshot_split_over_frames_is_one_event() {
-    let server = TestServer::start(LONG_TTL).await;
+    let server = common::server(LONG_TTL).await;
     let client = client(server.address());
     let value = "x".repeat(400);
     let registers = (0..300u16).map(|i| {
@@ -232,7 +232,7 @@ async fn a_snapshot_split_over_frames_is_one_event() {
 
 #[tokio::test]
 async fn a_cut_connection_resumes_with_exactly_the_missed_changes() {
-    let server = TestServer::start(LONG_TTL).await;
+    let server = common::server(LONG_TTL).await;
     let proxy = Proxy::start(server.address()).await;
     let watcher = builder(proxy.address())
         .backoff_max(Duration::from_millis(300))
@@ -334,7 +334,7 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_changes() {
 
 #[tokio::test]
 async fn a_restarted_server_sends_a_reset_snapshot() {
-    let server = TestServer::start(LONG_TTL).await;
+    let server = common::server(LONG_TTL).await;
     let address = server.address();
     let watcher = builder(address)
         .backoff_max(Duration::from_millis(300))
@@ -359,7 +359,7 @@ async fn a_restarted_server_sends_a_reset_snapshot() {
     mirror.apply(event);
 
     // A new run knows nothing of the old instance, nor of the old revisions.
-    let server = TestServer::start_on(address, LONG_TTL).await;
+    let server = common::server_on(address, LONG_TTL).await;
     let actor = client(address);
     let second = actor.register_once(&spec("svc", 2)).await.unwrap();
     catch_up(&mut watch, &mut mirror, &actor, "svc").await;
@@ -377,7 +377,7 @@ async fn a_restarted_server_sends_a_reset_snapshot() {
 
 #[tokio::test]
 async fn a_stalled_consumer_stays_bounded_and_catches_up() {
-    let server = TestServer::start(LONG_TTL).await;
+    let server = common::server(LONG_TTL).await;
     const BUFFER: usize = 8;
     let watcher = builder(server.address())
         .watch_buffer(BUFFER)
@@ -441,7 +441,7 @@ async fn a_stalled_consumer_stays_bounded_and_catches_up() {
 
 #[tokio::test]
 async fn a_view_serves_the_last_list_through_an_outage() {
-    let server = TestServer::start(LONG_TTL).await;
+    let server = common::server(LONG_TTL).await;
     let proxy = Proxy::start(server.address()).await;
     let viewer = builder(proxy.address())
         .backoff_max(Duration::from_millis(300))
@@ -508,7 +508,7 @@ async fn a_view_serves_the_last_list_through_an_outage() {
 #[tokio::test]
 async fn dropping_a_watch_unsubscribes_it() {
     // The test server allows 64 watches per connection (the default).
-    let server = TestServer::start(LONG_TTL).await;
+    let server = common::server(LONG_TTL).await;
     let client = client(server.address());
     let mut watches = Vec::new();
     for i in 0..64 {

@@ -20,5 +20,5 @@ pub mod wire;
 pub use process::Process;
 pub use proxy::Proxy;
 pub use server::{TestServer, dead_address};
-pub use wait::{PATIENCE, eventually};
+pub use wait::{PATIENCE, eventually, eventually_within};
 pub use wire::Wire;

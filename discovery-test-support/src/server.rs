@@ -107,6 +107,11 @@ impl TestServer {
         }
     }
 
+    /// Where the binary protocol is served.
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The compat listener's address.
     ///
     /// # Panics

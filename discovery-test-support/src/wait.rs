@@ -51,18 +51,29 @@ impl<T> Check for Option<T> {
 /// assert_eq!(n, 3);
 /// # }
 /// ```
-pub async fn eventually<C, F, Fut>(what: &str, mut check: F) -> C::Value
+pub async fn eventually<C, F, Fut>(what: &str, check: F) -> C::Value
 where
     C: Check,
     F: FnMut() -> Fut,
     Fut: Future<Output = C>,
 {
-    let give_up = Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, check).await
+}
+
+/// [`eventually`] with a deadline of the test's own, for a condition that takes longer
+/// than [`PATIENCE`] by design (several TTLs, a backoff run to its cap).
+pub async fn eventually_within<C, F, Fut>(what: &str, deadline: Duration, mut check: F) -> C::Value
+where
+    C: Check,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = C>,
+{
+    let give_up = Instant::now() + deadline;
     loop {
         if let Some(value) = check().await.holds() {
             return value;
         }
-        assert!(Instant::now() < give_up, "{what}: not within {PATIENCE:?}");
+        assert!(Instant::now() < give_up, "{what}: not within {deadline:?}");
         sleep(POLL).await;
     }
 }
