@@ -96,7 +96,7 @@ impl Failover {
     /// it waits the next backoff delay.
     fn schedule_next_attempt(&mut self) {
         let now = Instant::now();
-        if self.failures % self.addresses == 0 {
+        if self.failures.is_multiple_of(self.addresses) {
             let delay = self.backoff.next_delay();
             debug!(?delay, "every address failed; backing off");
             self.next_attempt_at = deadline::saturating_after(now, delay);

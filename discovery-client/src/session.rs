@@ -222,12 +222,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                         if serving.on_frame(frame) {
                             serving.answered = true;
                         }
-                        if serving.in_flight.is_empty() {
-                            if let Some(reason) = serving.closing.take() {
+                        if serving.in_flight.is_empty()
+                            && let Some(reason) = serving.closing.take() {
                                 // Nothing more to wait for on a connection the server is closing.
                                 break reason;
                             }
-                        }
                     }
                 },
                 written = &mut write_all => {

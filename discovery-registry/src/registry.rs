@@ -119,10 +119,10 @@ impl Registry {
             state.table.find_endpoint(service_type, ip, port).is_some()
                 || state.refusal(service_type, config).is_none()
         });
-        if state.table.find_endpoint(service_type, ip, port).is_none() {
-            if let Some(refusal) = state.refusal(service_type, config) {
-                return Err(refusal);
-            }
+        if state.table.find_endpoint(service_type, ip, port).is_none()
+            && let Some(refusal) = state.refusal(service_type, config)
+        {
+            return Err(refusal);
         }
         state.insert(
             &clock,

@@ -269,16 +269,16 @@ async fn soak(args: Args) -> Result<Summary, String> {
         if now >= end {
             break;
         }
-        if let (Some(at), Some(server)) = (restart_at, server.as_mut()) {
-            if now >= at {
-                restart_at = None;
-                churn.drain(DRAIN_PATIENCE).await?;
-                let report =
-                    kill_and_restart(server, &querier, &shared, args.down_for, now - start).await?;
-                eprintln!("discovery-soak: {report}");
-                restart = Some(report);
-                continue;
-            }
+        if let (Some(at), Some(server)) = (restart_at, server.as_mut())
+            && now >= at
+        {
+            restart_at = None;
+            churn.drain(DRAIN_PATIENCE).await?;
+            let report =
+                kill_and_restart(server, &querier, &shared, args.down_for, now - start).await?;
+            eprintln!("discovery-soak: {report}");
+            restart = Some(report);
+            continue;
         }
         churn.tick(TICK);
         if now >= progress_at {

@@ -121,10 +121,10 @@ fn spawn(bin: &PathBuf, ttl: Duration, listen: SocketAddr) -> Result<(Child, Soc
         let mut found = Some(found);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(address) = parse_listening(&line) {
-                if let Some(found) = found.take() {
-                    let _ = found.send(address);
-                }
+            if let Some(address) = parse_listening(&line)
+                && let Some(found) = found.take()
+            {
+                let _ = found.send(address);
             }
         }
     });

@@ -147,10 +147,10 @@ async fn watcher(
     }
     // The coordinator closes `seen` when it is done; a long silence ends the watcher too.
     while let Ok(frame) = conn.recv().await {
-        if let Response::Added { instance, .. } = frame.response {
-            if seen.send((instance.port, Instant::now())).is_err() {
-                return;
-            }
+        if let Response::Added { instance, .. } = frame.response
+            && seen.send((instance.port, Instant::now())).is_err()
+        {
+            return;
         }
     }
 }
