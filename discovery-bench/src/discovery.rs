@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use uuid::Uuid;
 
-use crate::runner::{Answer, Backend};
+use crate::runner::{Backend, OpOutcome};
 use crate::workload::{Op, Plan};
 
 /// The least room made in the read buffer before each read.
@@ -202,7 +202,7 @@ impl Backend for DiscoveryClient {
         self.flush_buf().await
     }
 
-    async fn answer(&mut self, op: Op) -> io::Result<Answer<Uuid>> {
+    async fn answer(&mut self, op: Op) -> io::Result<OpOutcome<Uuid>> {
         let expected = self
             .pending
             .pop_front()
@@ -216,18 +216,18 @@ impl Backend for DiscoveryClient {
                     if more {
                         continue;
                     }
-                    Answer::Done { items }
+                    OpOutcome::Done { items }
                 }
-                (Op::Seed(_), Response::Registered { id }) => Answer::Seeded(id),
-                (Op::Register(_), Response::Registered { .. }) => Answer::Done { items: 0 },
-                (Op::Heartbeat(_), Response::Ok) => Answer::Done { items: 0 },
+                (Op::Seed(_), Response::Registered { id }) => OpOutcome::Seeded(id),
+                (Op::Register(_), Response::Registered { .. }) => OpOutcome::Done { items: 0 },
+                (Op::Heartbeat(_), Response::Ok) => OpOutcome::Done { items: 0 },
                 (Op::Heartbeat(i), Response::NotFound) => {
-                    Answer::Failed(format!("heartbeat of seed instance {i} answered NotFound"))
+                    OpOutcome::Failed(format!("heartbeat of seed instance {i} answered NotFound"))
                 }
                 (_, Response::Error { kind, message }) => {
-                    Answer::Failed(format!("{kind:?}: {message}"))
+                    OpOutcome::Failed(format!("{kind:?}: {message}"))
                 }
-                (op, other) => Answer::Failed(format!("{op:?} answered {other:?}")),
+                (op, other) => OpOutcome::Failed(format!("{op:?} answered {other:?}")),
             };
             return Ok(answer);
         }
