@@ -35,16 +35,17 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use discovery_proto::codec::ClientCodec;
-use discovery_proto::{ClientFrame, Request, RequestId, Response, ServerFrame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use discovery_proto::{ClientFrame, Request, RequestId, Response};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 use uuid::Uuid;
 
 use crate::cpu;
-use crate::discovery::{DiscoveryClient, DiscoveryConfig};
+use crate::discovery::{self, DiscoveryClient, DiscoveryConfig, FrameReader};
 use crate::histogram::Histogram;
 use crate::memory;
 use crate::runner::{self, Backend, OpOutcome, io_step};
@@ -58,8 +59,8 @@ const REGISTER_CONNS: usize = 4;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Types queried at once by the final count.
 const COUNT_DEPTH: usize = 16;
-/// The least room made in a read buffer before each read.
-const READ_CHUNK: usize = 64 * 1024;
+/// The least size of a heartbeat connection's read and write buffers.
+const BUF_BYTES: usize = 64 * 1024;
 
 /// How a keep-alive run is shaped.
 #[derive(Debug, Clone)]
@@ -415,14 +416,12 @@ async fn heartbeat_conn(
     settings: Arc<Settings>,
     progress: Arc<Progress>,
 ) -> HeartbeatTally {
-    let (stream, read_buf, next_id, limit) = client.into_parts();
-    let (read_half, write_half) = stream.into_split();
+    let (mut frames, write_half, next_id, limit) = client.into_parts();
+    frames.read_buffer_mut().reserve(BUF_BYTES);
     let window = Arc::new(Semaphore::new(settings.depth));
     let (sent_tx, sent_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_answers(
-        read_half,
-        ClientCodec::new(limit),
-        read_buf,
+        frames,
         sent_rx,
         window.clone(),
         progress.clone(),
@@ -431,7 +430,7 @@ async fn heartbeat_conn(
     let writer = Writer {
         half: write_half,
         codec: ClientCodec::new(limit),
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        buf: BytesMut::with_capacity(BUF_BYTES),
         next_id,
         sent_tx,
         window,
@@ -589,9 +588,7 @@ impl Writer {
 
 /// The receiving side of a heartbeat connection: one answer per request sent, in order.
 async fn read_answers(
-    mut half: OwnedReadHalf,
-    mut codec: ClientCodec,
-    mut buf: BytesMut,
+    mut frames: FrameReader,
     mut sent_rx: mpsc::UnboundedReceiver<(RequestId, usize, Instant)>,
     window: Arc<Semaphore>,
     progress: Arc<Progress>,
@@ -599,7 +596,7 @@ async fn read_answers(
 ) -> HeartbeatTally {
     let mut tally = HeartbeatTally::default();
     while let Some((id, instance, sent_at)) = sent_rx.recv().await {
-        let frame = match timeout(io_timeout, read_frame(&mut half, &mut codec, &mut buf)).await {
+        let frame = match timeout(io_timeout, next_frame(&mut frames)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 tally.failure = Some(format!("read: {e}"));
@@ -660,22 +657,12 @@ async fn read_answers(
     tally
 }
 
-/// Reads the next frame of a connection.
-async fn read_frame(
-    half: &mut OwnedReadHalf,
-    codec: &mut ClientCodec,
-    buf: &mut BytesMut,
-) -> io::Result<ServerFrame> {
-    loop {
-        match codec.decode(buf) {
-            Ok(Some(Ok(frame))) => return Ok(frame),
-            Ok(Some(Err(e))) | Err(e) => return Err(io::Error::other(e)),
-            Ok(None) => {}
-        }
-        buf.reserve(READ_CHUNK);
-        if half.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+/// Reads the next frame of a connection; its end is an error too.
+async fn next_frame(frames: &mut FrameReader) -> io::Result<discovery_proto::ServerFrame> {
+    match frames.next().await {
+        Some(Ok(Ok(frame))) => Ok(frame),
+        Some(Ok(Err(e)) | Err(e)) => Err(discovery::into_io(e)),
+        None => Err(io::ErrorKind::UnexpectedEof.into()),
     }
 }
 
