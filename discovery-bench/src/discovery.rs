@@ -1,4 +1,5 @@
-//! The discovery backend: the protocol crate's codec over a raw `TcpStream`, with no client
+//! The discovery backend: the protocol crate's codec over a raw `TcpStream` (a `FramedRead`
+//! on its reading half, a buffer of encoded requests on its writing half), with no client
 //! library in between, so that it is driven as thinly as Redis is.
 //!
 //! A connection sends `Hello`, reads `Welcome` (and takes the server's frame limit and TTL
@@ -17,18 +18,20 @@ use discovery_proto::{
     ClientFrame, Metadata, PROTOCOL_VERSION, Request, RequestId, Response, SERVER_REQUEST_ID,
     ServerFrame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::{Encoder, FramedRead};
 use uuid::Uuid;
 
-use crate::runner::{Answer, Backend};
+use crate::runner::{Backend, OpOutcome};
 use crate::workload::{Op, Plan};
 
-/// The least room made in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// The starting size of the read and write buffers.
+const BUF_BYTES: usize = 16 * 1024;
 
 /// Where the discovery server listens.
 #[derive(Debug, Clone)]
@@ -37,11 +40,15 @@ pub struct DiscoveryConfig {
     pub addr: SocketAddr,
 }
 
+/// The reading half of a connection: whole server frames, decoded.
+pub type FrameReader = FramedRead<OwnedReadHalf, ClientCodec>;
+
 /// One connection to a discovery server.
 pub struct DiscoveryClient {
-    stream: TcpStream,
-    codec: ClientCodec,
-    read_buf: BytesMut,
+    frames: FrameReader,
+    writer: OwnedWriteHalf,
+    /// Encodes requests; the decoding codec is the reader's.
+    encoder: ClientCodec,
     write_buf: BytesMut,
     next_id: RequestId,
     /// The ids of the requests pushed and not answered yet, oldest first.
@@ -60,11 +67,12 @@ impl DiscoveryClient {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let (reader, writer) = stream.into_split();
         let mut client = Self {
-            stream,
-            codec: ClientCodec::default(),
-            read_buf: BytesMut::with_capacity(READ_CHUNK),
-            write_buf: BytesMut::with_capacity(READ_CHUNK),
+            frames: FramedRead::with_capacity(reader, ClientCodec::default(), BUF_BYTES),
+            writer,
+            encoder: ClientCodec::default(),
+            write_buf: BytesMut::with_capacity(BUF_BYTES),
             next_id: 1,
             pending: VecDeque::new(),
             plan,
@@ -82,7 +90,10 @@ impl DiscoveryClient {
         match frame.response {
             Response::Welcome { ttl, limits, .. } => {
                 client.ttl = ttl;
-                client.codec = ClientCodec::new(limits.max_frame_bytes as usize);
+                // Between frames: the old decoder holds nothing the new one needs.
+                let limit = limits.max_frame_bytes as usize;
+                *client.frames.decoder_mut() = ClientCodec::new(limit);
+                client.encoder = ClientCodec::new(limit);
                 Ok(client)
             }
             other => Err(format!("{addr}: Hello answered {other:?}")),
@@ -96,7 +107,7 @@ impl DiscoveryClient {
         // Our requests are small and valid: encoding cannot fail, and if it ever did the
         // answer would be missing and the connection would report it.
         if self
-            .codec
+            .encoder
             .encode(ClientFrame::new(id, request), &mut self.write_buf)
             .is_ok()
         {
@@ -105,44 +116,34 @@ impl DiscoveryClient {
     }
 
     async fn flush_buf(&mut self) -> io::Result<()> {
-        self.stream.write_all(&self.write_buf).await?;
+        self.writer.write_all(&self.write_buf).await?;
         self.write_buf.clear();
         Ok(())
     }
 
     /// Reads the next frame, which must answer `expected`.
     async fn next_frame(&mut self, expected: RequestId) -> io::Result<ServerFrame> {
-        loop {
-            match self.codec.decode(&mut self.read_buf) {
-                Ok(Some(Ok(frame))) if frame.request_id == expected => return Ok(frame),
-                Ok(Some(Ok(frame))) if frame.request_id == SERVER_REQUEST_ID => {
-                    return Err(io::Error::other(format!(
-                        "the server said {:?}",
-                        frame.response
-                    )));
-                }
-                Ok(Some(Ok(frame))) => {
-                    return Err(io::Error::other(format!(
-                        "answer to request {} while waiting for {expected}",
-                        frame.request_id
-                    )));
-                }
-                Ok(Some(Err(e))) | Err(e) => return Err(io::Error::other(e)),
-                Ok(None) => {}
-            }
-            self.read_buf.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+        match self.frames.next().await {
+            Some(Ok(Ok(frame))) if frame.request_id == expected => Ok(frame),
+            Some(Ok(Ok(frame))) if frame.request_id == SERVER_REQUEST_ID => Err(io::Error::other(
+                format!("the server said {:?}", frame.response),
+            )),
+            Some(Ok(Ok(frame))) => Err(io::Error::other(format!(
+                "answer to request {} while waiting for {expected}",
+                frame.request_id
+            ))),
+            Some(Ok(Err(e)) | Err(e)) => Err(into_io(e)),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
         }
     }
 
     /// Takes the connection apart after `Hello`, for a caller that reads and writes it on
-    /// its own (the keep-alive run splits it into a writer and a reader): the socket, the
-    /// bytes read and not decoded yet, the next request id, and the server's frame limit.
-    pub fn into_parts(self) -> (TcpStream, BytesMut, RequestId, usize) {
-        let limit = self.codec.max_frame_bytes();
-        (self.stream, self.read_buf, self.next_id, limit)
+    /// its own (the keep-alive run gives the halves to a reader and a writer): the frames
+    /// (with the bytes read and not decoded yet), the writing half, the next request id,
+    /// and the server's frame limit.
+    pub fn into_parts(self) -> (FrameReader, OwnedWriteHalf, RequestId, usize) {
+        let limit = self.encoder.max_frame_bytes();
+        (self.frames, self.writer, self.next_id, limit)
     }
 
     fn register(&mut self, t: usize, ip: std::net::IpAddr, port: u16) {
@@ -153,6 +154,14 @@ impl DiscoveryClient {
             port,
             metadata: Metadata::new(),
         });
+    }
+}
+
+/// A codec error as an I/O error: the socket's own error as it came, anything else wrapped.
+pub fn into_io(e: discovery_proto::Error) -> io::Error {
+    match e {
+        discovery_proto::Error::Io(e) => e,
+        other => io::Error::other(other),
     }
 }
 
@@ -202,7 +211,7 @@ impl Backend for DiscoveryClient {
         self.flush_buf().await
     }
 
-    async fn answer(&mut self, op: Op) -> io::Result<Answer<Uuid>> {
+    async fn answer(&mut self, op: Op) -> io::Result<OpOutcome<Uuid>> {
         let expected = self
             .pending
             .pop_front()
@@ -216,18 +225,18 @@ impl Backend for DiscoveryClient {
                     if more {
                         continue;
                     }
-                    Answer::Done { items }
+                    OpOutcome::Done { items }
                 }
-                (Op::Seed(_), Response::Registered { id }) => Answer::Seeded(id),
-                (Op::Register(_), Response::Registered { .. }) => Answer::Done { items: 0 },
-                (Op::Heartbeat(_), Response::Ok) => Answer::Done { items: 0 },
+                (Op::Seed(_), Response::Registered { id }) => OpOutcome::Seeded(id),
+                (Op::Register(_), Response::Registered { .. }) => OpOutcome::Done { items: 0 },
+                (Op::Heartbeat(_), Response::Ok) => OpOutcome::Done { items: 0 },
                 (Op::Heartbeat(i), Response::NotFound) => {
-                    Answer::Failed(format!("heartbeat of seed instance {i} answered NotFound"))
+                    OpOutcome::Failed(format!("heartbeat of seed instance {i} answered NotFound"))
                 }
                 (_, Response::Error { kind, message }) => {
-                    Answer::Failed(format!("{kind:?}: {message}"))
+                    OpOutcome::Failed(format!("{kind:?}: {message}"))
                 }
-                (op, other) => Answer::Failed(format!("{op:?} answered {other:?}")),
+                (op, other) => OpOutcome::Failed(format!("{op:?} answered {other:?}")),
             };
             return Ok(answer);
         }
@@ -241,5 +250,23 @@ impl Backend for DiscoveryClient {
     ) -> Option<JoinHandle<Result<String, String>>> {
         // The server expires instances itself.
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_error_stays_itself_and_a_codec_error_is_wrapped() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let e = into_io(discovery_proto::Error::Io(reset));
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        let e = into_io(discovery_proto::Error::FrameTooLarge { len: 9, max: 8 });
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+        assert_eq!(
+            e.to_string(),
+            "frame of 9 bytes is over the limit of 8 bytes"
+        );
     }
 }

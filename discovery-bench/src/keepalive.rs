@@ -35,19 +35,20 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use discovery_proto::codec::ClientCodec;
-use discovery_proto::{ClientFrame, Request, RequestId, Response, ServerFrame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use discovery_proto::{ClientFrame, Request, RequestId, Response};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 use uuid::Uuid;
 
 use crate::cpu;
-use crate::discovery::{DiscoveryClient, DiscoveryConfig};
+use crate::discovery::{self, DiscoveryClient, DiscoveryConfig, FrameReader};
 use crate::histogram::Histogram;
 use crate::memory;
-use crate::runner::{self, Answer, Backend, io_step};
+use crate::runner::{self, Backend, OpOutcome, io_step};
 use crate::workload::{Op, Plan};
 
 /// How often a heartbeat connection sends what is due.
@@ -58,8 +59,8 @@ const REGISTER_CONNS: usize = 4;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Types queried at once by the final count.
 const COUNT_DEPTH: usize = 16;
-/// The least room made in a read buffer before each read.
-const READ_CHUNK: usize = 64 * 1024;
+/// The least size of a heartbeat connection's read and write buffers.
+const BUF_BYTES: usize = 64 * 1024;
 
 /// How a keep-alive run is shaped.
 #[derive(Debug, Clone)]
@@ -82,8 +83,9 @@ pub struct Settings {
     pub server_pid: Option<u32>,
 }
 
-/// What every task of the run shares.
-struct Shared {
+/// Where the run is: when measuring starts and ends, and the running counts of the
+/// progress lines; every task of the run holds it.
+struct Progress {
     measure_from: Instant,
     end: Instant,
     /// Heartbeats answered so far (any answer), for progress lines.
@@ -239,7 +241,7 @@ pub async fn run(
         .ok_or("no query connection")?;
     let start = Instant::now();
     let measure_from = start + settings.warmup;
-    let shared = Arc::new(Shared {
+    let progress = Arc::new(Progress {
         measure_from,
         end: measure_from + settings.duration,
         answered: AtomicU64::new(0),
@@ -262,7 +264,7 @@ pub async fn run(
                 share,
                 first_tick,
                 settings.clone(),
-                shared.clone(),
+                progress.clone(),
             ))
         })
         .collect();
@@ -271,10 +273,10 @@ pub async fn run(
         plan.types.len(),
         start,
         settings.clone(),
-        shared.clone(),
+        progress.clone(),
     ));
 
-    let start_snapshot = progress(&settings, &shared, start).await;
+    let start_snapshot = report_progress(&settings, &progress, start).await;
     let end_snapshot = Snapshot::take(settings.server_pid);
     let rss_peak = settings
         .server_pid
@@ -356,29 +358,29 @@ pub async fn run(
 
 /// Prints a progress line every few seconds until the end of the run; returns the readings
 /// taken when measuring starts.
-async fn progress(settings: &Settings, shared: &Shared, start: Instant) -> Snapshot {
+async fn report_progress(settings: &Settings, progress: &Progress, start: Instant) -> Snapshot {
     let mut start_snapshot = None;
     let mut last = Snapshot::take(settings.server_pid);
     let mut last_answered = 0;
     let mut next = start + PROGRESS_EVERY;
     loop {
-        if start_snapshot.is_none() && next >= shared.measure_from {
-            sleep_until(shared.measure_from).await;
+        if start_snapshot.is_none() && next >= progress.measure_from {
+            sleep_until(progress.measure_from).await;
             start_snapshot = Some(Snapshot::take(settings.server_pid));
         }
-        if next >= shared.end {
-            sleep_until(shared.end).await;
+        if next >= progress.end {
+            sleep_until(progress.end).await;
             return start_snapshot.unwrap_or_else(|| Snapshot::take(settings.server_pid));
         }
         sleep_until(next).await;
         let now = Snapshot::take(settings.server_pid);
-        let answered = shared.answered.load(Ordering::Relaxed);
+        let answered = progress.answered.load(Ordering::Relaxed);
         let secs = (now.at - last.at).as_secs_f64();
         let mut line = format!(
             "keepalive: {:>4.0}s heartbeats/s={:.0} not_found={}",
             (now.at - start).as_secs_f64(),
             (answered - last_answered) as f64 / secs,
-            shared.not_found.load(Ordering::Relaxed)
+            progress.not_found.load(Ordering::Relaxed)
         );
         if let (Some(a), Some(b)) = (last.server_cpu, now.server_cpu) {
             let _ = write!(line, " server_cpu={:.0}%", percent(b - a, secs));
@@ -412,25 +414,23 @@ async fn heartbeat_conn(
     share: Range<usize>,
     first_tick: Instant,
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
 ) -> HeartbeatTally {
-    let (stream, read_buf, next_id, limit) = client.into_parts();
-    let (read_half, write_half) = stream.into_split();
+    let (mut frames, write_half, next_id, limit) = client.into_parts();
+    frames.read_buffer_mut().reserve(BUF_BYTES);
     let window = Arc::new(Semaphore::new(settings.depth));
     let (sent_tx, sent_rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_answers(
-        read_half,
-        ClientCodec::new(limit),
-        read_buf,
+        frames,
         sent_rx,
         window.clone(),
-        shared.clone(),
+        progress.clone(),
         settings.io_timeout,
     ));
     let writer = Writer {
         half: write_half,
         codec: ClientCodec::new(limit),
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        buf: BytesMut::with_capacity(BUF_BYTES),
         next_id,
         sent_tx,
         window,
@@ -438,7 +438,7 @@ async fn heartbeat_conn(
         io_timeout: settings.io_timeout,
     };
     let mut tally = writer
-        .run(&ids, share, first_tick, settings.interval, shared.end)
+        .run(&ids, share, first_tick, settings.interval, progress.end)
         .await;
     // The writer has closed its side of the channel: the reader ends once it has read the
     // answers to what was sent, or at its first failure, each wait bounded.
@@ -588,17 +588,15 @@ impl Writer {
 
 /// The receiving side of a heartbeat connection: one answer per request sent, in order.
 async fn read_answers(
-    mut half: OwnedReadHalf,
-    mut codec: ClientCodec,
-    mut buf: BytesMut,
+    mut frames: FrameReader,
     mut sent_rx: mpsc::UnboundedReceiver<(RequestId, usize, Instant)>,
     window: Arc<Semaphore>,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
     io_timeout: Duration,
 ) -> HeartbeatTally {
     let mut tally = HeartbeatTally::default();
     while let Some((id, instance, sent_at)) = sent_rx.recv().await {
-        let frame = match timeout(io_timeout, read_frame(&mut half, &mut codec, &mut buf)).await {
+        let frame = match timeout(io_timeout, next_frame(&mut frames)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 tally.failure = Some(format!("read: {e}"));
@@ -622,14 +620,14 @@ async fn read_answers(
         }
         match frame.response {
             Response::Ok => {
-                if sent_at >= shared.measure_from && sent_at < shared.end {
+                if sent_at >= progress.measure_from && sent_at < progress.end {
                     tally.latency.record(done - sent_at);
                     tally.measured += 1;
                 }
             }
             Response::NotFound => {
                 tally.not_found += 1;
-                shared.not_found.fetch_add(1, Ordering::Relaxed);
+                progress.not_found.fetch_add(1, Ordering::Relaxed);
                 tally.first_error.get_or_insert_with(|| {
                     format!("the heartbeat of instance {instance} answered NotFound")
                 });
@@ -647,7 +645,7 @@ async fn read_answers(
                     .get_or_insert_with(|| format!("heartbeat answered {other:?}"));
             }
         }
-        shared.answered.fetch_add(1, Ordering::Relaxed);
+        progress.answered.fetch_add(1, Ordering::Relaxed);
         window.add_permits(1);
     }
     // Wake a writer waiting for room, and count what will never be answered.
@@ -659,22 +657,12 @@ async fn read_answers(
     tally
 }
 
-/// Reads the next frame of a connection.
-async fn read_frame(
-    half: &mut OwnedReadHalf,
-    codec: &mut ClientCodec,
-    buf: &mut BytesMut,
-) -> io::Result<ServerFrame> {
-    loop {
-        match codec.decode(buf) {
-            Ok(Some(Ok(frame))) => return Ok(frame),
-            Ok(Some(Err(e))) | Err(e) => return Err(io::Error::other(e)),
-            Ok(None) => {}
-        }
-        buf.reserve(READ_CHUNK);
-        if half.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+/// Reads the next frame of a connection; its end is an error too.
+async fn next_frame(frames: &mut FrameReader) -> io::Result<discovery_proto::ServerFrame> {
+    match frames.next().await {
+        Some(Ok(Ok(frame))) => Ok(frame),
+        Some(Ok(Err(e)) | Err(e)) => Err(discovery::into_io(e)),
+        None => Err(io::ErrorKind::UnexpectedEof.into()),
     }
 }
 
@@ -684,7 +672,7 @@ async fn query_loop(
     types: usize,
     start: Instant,
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    progress: Arc<Progress>,
 ) -> QueryTally {
     let mut tally = QueryTally::default();
     if settings.query_rate == 0 {
@@ -696,7 +684,7 @@ async fn query_loop(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
-        if Instant::now() >= shared.end {
+        if Instant::now() >= progress.end {
             break;
         }
         let op = Op::Query(rng.usize(0..types));
@@ -707,18 +695,18 @@ async fn query_loop(
             Err(e) => Err(e),
         };
         match answer {
-            Ok(Answer::Done { items }) => {
-                if written >= shared.measure_from {
+            Ok(OpOutcome::Done { items }) => {
+                if written >= progress.measure_from {
                     tally.latency.record(written.elapsed());
                     tally.queries += 1;
                     tally.items += items as u64;
                 }
             }
-            Ok(Answer::Failed(why)) => {
+            Ok(OpOutcome::Failed(why)) => {
                 tally.errors += 1;
                 tally.first_error.get_or_insert(format!("query: {why}"));
             }
-            Ok(Answer::Seeded(_)) => {
+            Ok(OpOutcome::Seeded(_)) => {
                 tally.errors += 1;
                 tally
                     .first_error
@@ -755,9 +743,9 @@ async fn count_live(
             .map_err(|e| e.to_string())?;
         for &t in batch {
             match io_step(io_timeout, client.answer(Op::Query(t))).await {
-                Ok(Answer::Done { items }) => live += items as u64,
-                Ok(Answer::Failed(why)) => return Err(why),
-                Ok(Answer::Seeded(_)) => return Err("a query answered Registered".into()),
+                Ok(OpOutcome::Done { items }) => live += items as u64,
+                Ok(OpOutcome::Failed(why)) => return Err(why),
+                Ok(OpOutcome::Seeded(_)) => return Err("a query answered Registered".into()),
                 Err(e) => return Err(e.to_string()),
             }
         }

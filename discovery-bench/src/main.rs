@@ -8,7 +8,7 @@
 //! | `keepalive` | `--op keepalive`: many instances kept alive at a steady rate, queried beside |
 //! | `discovery` | the discovery backend: the protocol crate's codec on a raw socket |
 //! | `redis` | the Redis backend: sorted sets, a reaper, a RESP client by hand |
-//! | `histogram` | log-linear latency buckets |
+//! | `histogram` | latency histograms: HdrHistogram, 3 significant digits |
 //! | `memory` | a server's resident memory, from `/proc` |
 //! | `cpu` | CPU time of a process and of the machine, from `/proc` |
 //!

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use uuid::Uuid;
 
-use crate::runner::{Answer, Backend};
+use crate::runner::{Backend, OpOutcome};
 use crate::workload::{Op, POOL, Plan};
 
 /// The least room made in the read buffer before each read.
@@ -331,7 +331,7 @@ impl Backend for RedisClient {
         Ok(())
     }
 
-    async fn answer(&mut self, op: Op) -> io::Result<Answer<String>> {
+    async fn answer(&mut self, op: Op) -> io::Result<OpOutcome<String>> {
         let pending = self
             .pending
             .pop_front()
@@ -351,9 +351,9 @@ impl Backend for RedisClient {
             }
         }
         Ok(match (failure, member) {
-            (Some(why), _) => Answer::Failed(why),
-            (None, Some(member)) => Answer::Seeded(member),
-            (None, None) => Answer::Done { items },
+            (Some(why), _) => OpOutcome::Failed(why),
+            (None, Some(member)) => OpOutcome::Seeded(member),
+            (None, None) => OpOutcome::Done { items },
         })
     }
 

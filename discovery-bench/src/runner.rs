@@ -25,8 +25,9 @@ const SEED_CONNS: usize = 4;
 /// Requests in flight per seeding connection.
 const SEED_DEPTH: usize = 256;
 
-/// What a backend answered to one operation.
-pub enum Answer<H> {
+/// What one operation came to, as a backend read it from its answer(s). (The server has an
+/// `Answer` of its own, a response on its way out; this is the load generator's verdict.)
+pub enum OpOutcome<H> {
     /// Success; `items` is the number of instances a query listed (0 for anything else).
     Done {
         /// Instances listed.
@@ -71,7 +72,10 @@ pub trait Backend: Send + Sized + 'static {
 
     /// Reads the answer to the oldest pushed operation, `op`. An `Err` means the connection
     /// is out of step or gone.
-    fn answer(&mut self, op: Op) -> impl Future<Output = io::Result<Answer<Self::Handle>>> + Send;
+    fn answer(
+        &mut self,
+        op: Op,
+    ) -> impl Future<Output = io::Result<OpOutcome<Self::Handle>>> + Send;
 
     /// A task that runs beside the load until `stop` (Redis's reaper), returning a line for
     /// the log, or `None`.
@@ -212,9 +216,9 @@ async fn seed_some<B: Backend>(
             .map_err(|e| format!("seeding: {e}"))?;
         for &i in batch {
             match io_step(io_timeout, client.answer(Op::Seed(i))).await {
-                Ok(Answer::Seeded(handle)) => out.push((i, handle)),
-                Ok(Answer::Failed(why)) => return Err(format!("seeding instance {i}: {why}")),
-                Ok(Answer::Done { .. }) => {
+                Ok(OpOutcome::Seeded(handle)) => out.push((i, handle)),
+                Ok(OpOutcome::Failed(why)) => return Err(format!("seeding instance {i}: {why}")),
+                Ok(OpOutcome::Done { .. }) => {
                     return Err(format!("seeding instance {i}: no handle in the answer"));
                 }
                 Err(e) => return Err(format!("seeding: {e}")),
@@ -372,7 +376,7 @@ async fn drive_one<B: Backend>(
             };
             let done = Instant::now();
             match answer {
-                Answer::Done { items } if measured => {
+                OpOutcome::Done { items } if measured => {
                     tally.latency.record(done - written);
                     tally.requests += 1;
                     tally.last_answer = Some(done);
@@ -381,14 +385,14 @@ async fn drive_one<B: Backend>(
                         tally.queries += 1;
                     }
                 }
-                Answer::Done { .. } => {}
-                Answer::Seeded(_) => {
+                OpOutcome::Done { .. } => {}
+                OpOutcome::Seeded(_) => {
                     tally.errors += 1;
                     tally
                         .first_error
                         .get_or_insert_with(|| "a seed answer outside seeding".into());
                 }
-                Answer::Failed(why) => {
+                OpOutcome::Failed(why) => {
                     tally.errors += 1;
                     tally.first_error.get_or_insert(why);
                 }

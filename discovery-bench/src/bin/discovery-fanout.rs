@@ -14,11 +14,13 @@ use bytes::BytesMut;
 use clap::Parser;
 use discovery_proto::codec::ClientCodec;
 use discovery_proto::{ClientFrame, PROTOCOL_VERSION, Request, Response, ServerFrame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::{Encoder, FramedRead};
 
 /// Measures the time from a register to its event reaching every watcher of the type.
 #[derive(Debug, Parser)]
@@ -43,9 +45,9 @@ const SERVICE_TYPE: &str = "bench-fanout";
 
 /// One connection speaking frames.
 struct Conn {
-    stream: TcpStream,
-    codec: ClientCodec,
-    read_buf: BytesMut,
+    frames: FramedRead<OwnedReadHalf, ClientCodec>,
+    writer: OwnedWriteHalf,
+    encoder: ClientCodec,
     write_buf: BytesMut,
     io_timeout: Duration,
 }
@@ -57,10 +59,11 @@ impl Conn {
             .map_err(|_| format!("connecting to {addr} timed out"))?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (reader, writer) = stream.into_split();
         let mut conn = Self {
-            stream,
-            codec: ClientCodec::default(),
-            read_buf: BytesMut::with_capacity(8192),
+            frames: FramedRead::with_capacity(reader, ClientCodec::default(), 8192),
+            writer,
+            encoder: ClientCodec::default(),
             write_buf: BytesMut::new(),
             io_timeout,
         };
@@ -75,12 +78,12 @@ impl Conn {
     }
 
     async fn send(&mut self, request_id: u64, request: Request) -> Result<(), String> {
-        self.codec
+        self.encoder
             .encode(ClientFrame::new(request_id, request), &mut self.write_buf)
             .map_err(|e| e.to_string())?;
         timeout(
             self.io_timeout,
-            self.stream.write_all_buf(&mut self.write_buf),
+            self.writer.write_all_buf(&mut self.write_buf),
         )
         .await
         .map_err(|_| "write timed out".to_string())?
@@ -88,21 +91,11 @@ impl Conn {
     }
 
     async fn recv(&mut self) -> Result<ServerFrame, String> {
-        loop {
-            if let Some(item) = self
-                .codec
-                .decode(&mut self.read_buf)
-                .map_err(|e| e.to_string())?
-            {
-                return item.map_err(|e| e.to_string());
-            }
-            let read = timeout(self.io_timeout, self.stream.read_buf(&mut self.read_buf))
-                .await
-                .map_err(|_| "read timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            if read == 0 {
-                return Err("the server closed the connection".into());
-            }
+        match timeout(self.io_timeout, self.frames.next()).await {
+            Err(_) => Err("read timed out".to_string()),
+            Ok(None) => Err("the server closed the connection".into()),
+            Ok(Some(Ok(item))) => item.map_err(|e| e.to_string()),
+            Ok(Some(Err(e))) => Err(e.to_string()),
         }
     }
 
