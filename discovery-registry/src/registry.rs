@@ -21,14 +21,14 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use discovery_proto::{Instance, InstanceRef, Metadata, RemoveReason, Revision};
 use uuid::Uuid;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Nanos};
 use crate::feed::WatchStart;
-use crate::state::Core;
+use crate::state::{Core, State};
 use crate::subscription::Subscription;
 use crate::table::{NewEntry, Timing};
 use crate::{Error, RegistryConfig, expiry, rules};
@@ -234,53 +234,43 @@ impl Registry {
             .table
             .find(&id)
             .filter(|&index| state.table.find_endpoint(&service_type, ip, port) == Some(index));
-        match same {
-            Some(index) => {
-                let changed = *state.table.slot(index).metadata() != metadata;
-                if changed {
-                    state.remove(&clock, index, RemoveReason::Replaced);
-                    state.insert(
-                        &clock,
-                        NewEntry {
-                            id,
-                            service_type: &service_type,
-                            ip,
-                            port,
-                            metadata,
-                            deadline,
-                            timing,
-                        },
-                    );
-                } else {
-                    state.table.set_timing(index, deadline, timing);
-                }
-            }
-            None => {
-                if let Some(moved) = state.table.find(&id) {
-                    state.remove(&clock, moved, RemoveReason::Replaced);
-                }
-                state.insert(
-                    &clock,
-                    NewEntry {
-                        id,
-                        service_type: &service_type,
-                        ip,
-                        port,
-                        metadata,
-                        deadline,
-                        timing,
-                    },
-                );
-            }
+        // The same id at the same endpoint with the same metadata: only its lifetime.
+        if let Some(index) = same
+            && *state.table.slot(index).metadata() == metadata
+        {
+            state.table.set_timing(index, deadline, timing);
+            self.wake_if_earliest(state, deadline, timing);
+            return Ok(());
         }
+        // Otherwise the old entry of this id goes (replaced), and the new one comes.
+        if let Some(old) = state.table.find(&id) {
+            state.remove(&clock, old, RemoveReason::Replaced);
+        }
+        state.insert(
+            &clock,
+            NewEntry {
+                id,
+                service_type: &service_type,
+                ip,
+                port,
+                metadata,
+                deadline,
+                timing,
+            },
+        );
+        self.wake_if_earliest(state, deadline, timing);
+        Ok(())
+    }
+
+    /// Releases the lock, and wakes the expiry task if a timed `deadline` is now the
+    /// earliest filed.
+    fn wake_if_earliest(&self, state: MutexGuard<'_, State>, deadline: Nanos, timing: Timing) {
         let earliest = timing == Timing::Timed && state.table.is_earliest(deadline);
         drop(state);
         if earliest {
             self.core.wake_expiry.notify_one();
         }
-        Ok(())
     }
-
     /// Every live instance of `service_type`, in no particular order.
     ///
     /// Its cost is proportional to the instances of that type, whatever the registry holds
