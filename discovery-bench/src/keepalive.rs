@@ -37,6 +37,7 @@ use bytes::BytesMut;
 use discovery_proto::codec::ClientCodec;
 use discovery_proto::{ClientFrame, Request, RequestId, Response};
 use futures_util::StreamExt;
+use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
@@ -48,6 +49,7 @@ use crate::cpu;
 use crate::discovery::{self, DiscoveryClient, DiscoveryConfig, FrameReader};
 use crate::histogram::Histogram;
 use crate::memory;
+use crate::output::{self, Pairs, shown, whole};
 use crate::runner::{self, Backend, OpOutcome, io_step};
 use crate::workload::{Op, Plan};
 
@@ -784,133 +786,258 @@ impl Report {
             _ => None,
         };
         let items = (self.queries > 0).then(|| self.query_items as f64 / self.queries as f64);
-        let fields: Vec<(&str, Value)> = vec![
-            ("op", Value::Text("keepalive".into())),
-            ("backend", Value::Text("discovery".into())),
-            ("instances", Value::Int(self.instances as u64)),
-            ("types", Value::Int(self.types as u64)),
-            ("conns", Value::Int(self.settings.conns as u64)),
-            ("depth", Value::Int(self.settings.depth as u64)),
-            (
-                "interval_s",
-                Value::Float(self.settings.interval.as_secs_f64(), 2),
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let tenth = |x: f64| shown(x, 1);
+        let opt_tenth = |x: Option<f64>| x.map(tenth);
+        let line = KeepaliveLine {
+            op: "keepalive",
+            backend: "discovery",
+            instances: self.instances,
+            types: self.types,
+            conns: self.settings.conns,
+            depth: self.settings.depth,
+            interval_s: shown(self.settings.interval.as_secs_f64(), 2),
+            server_ttl_s: shown(self.server_ttl.as_secs_f64(), 2),
+            seconds: shown(secs, 2),
+            register_s: shown(self.register_time.as_secs_f64(), 2),
+            registers_per_sec: whole(
+                self.instances as f64 / self.register_time.as_secs_f64().max(1e-9),
             ),
-            (
-                "server_ttl_s",
-                Value::Float(self.server_ttl.as_secs_f64(), 2),
+            target_heartbeats_per_sec: whole(
+                self.instances as f64 / self.settings.interval.as_secs_f64(),
             ),
-            ("seconds", Value::Float(secs, 2)),
-            (
-                "register_s",
-                Value::Float(self.register_time.as_secs_f64(), 2),
-            ),
-            (
-                "registers_per_sec",
-                Value::Float(
-                    self.instances as f64 / self.register_time.as_secs_f64().max(1e-9),
-                    0,
-                ),
-            ),
-            (
-                "target_heartbeats_per_sec",
-                Value::Float(
-                    self.instances as f64 / self.settings.interval.as_secs_f64(),
-                    0,
-                ),
-            ),
-            (
-                "heartbeats_per_sec",
-                Value::Float(per_sec(self.heartbeats), 0),
-            ),
-            ("heartbeats", Value::Int(self.heartbeats)),
-            ("not_found", Value::Int(self.not_found)),
-            ("errors", Value::Int(self.errors)),
-            ("failed_conns", Value::Int(self.failed_conns as u64)),
-            ("hb_p50_us", Value::Float(micros(hb, 0.5), 1)),
-            ("hb_p99_us", Value::Float(micros(hb, 0.99), 1)),
-            ("hb_p999_us", Value::Float(micros(hb, 0.999), 1)),
-            ("hb_max_us", Value::Float(micros(hb, 1.0), 1)),
-            (
-                "longest_pass_ms",
-                Value::opt_float(self.longest_pass.map(|d| d.as_secs_f64() * 1e3), 1),
-            ),
-            (
-                "max_lag_ms",
-                Value::Float(self.max_lag.as_secs_f64() * 1e3, 1),
-            ),
-            ("queries", Value::Int(self.queries)),
-            ("queries_per_sec", Value::Float(per_sec(self.queries), 1)),
-            ("q_p50_us", Value::Float(micros(q, 0.5), 1)),
-            ("q_p99_us", Value::Float(micros(q, 0.99), 1)),
-            ("q_p999_us", Value::Float(micros(q, 0.999), 1)),
-            ("q_max_us", Value::Float(micros(q, 1.0), 1)),
-            ("items_per_query", Value::opt_float(items, 1)),
-            ("live_at_end", Value::opt_int(self.live_at_end)),
-            ("rss_empty_kib", Value::opt_int(kib(self.rss_empty))),
-            ("rss_start_kib", Value::opt_int(kib(rss_start))),
-            ("rss_end_kib", Value::opt_int(kib(self.end.server_rss))),
-            ("rss_peak_kib", Value::opt_int(kib(self.rss_peak))),
-            ("bytes_per_instance", Value::opt_float(per_instance, 1)),
-            ("server_cpu_pct_core", Value::opt_float(server_cpu, 1)),
-            (
-                "server_cpu_pct_machine",
-                Value::opt_float(server_cpu.map(|c| c / cores), 1),
-            ),
-            ("bench_cpu_pct_core", Value::opt_float(bench_cpu, 1)),
-            ("machine_busy_pct", Value::opt_float(machine_busy, 1)),
-            ("cores", Value::Int(cores as u64)),
-        ];
-        let mut out = String::new();
+            heartbeats_per_sec: whole(per_sec(self.heartbeats)),
+            heartbeats: self.heartbeats,
+            not_found: self.not_found,
+            errors: self.errors,
+            failed_conns: self.failed_conns,
+            hb_p50_us: tenth(micros(hb, 0.5)),
+            hb_p99_us: tenth(micros(hb, 0.99)),
+            hb_p999_us: tenth(micros(hb, 0.999)),
+            hb_max_us: tenth(micros(hb, 1.0)),
+            longest_pass_ms: opt_tenth(self.longest_pass.map(ms)),
+            max_lag_ms: tenth(ms(self.max_lag)),
+            queries: self.queries,
+            queries_per_sec: tenth(per_sec(self.queries)),
+            q_p50_us: tenth(micros(q, 0.5)),
+            q_p99_us: tenth(micros(q, 0.99)),
+            q_p999_us: tenth(micros(q, 0.999)),
+            q_max_us: tenth(micros(q, 1.0)),
+            items_per_query: opt_tenth(items),
+            live_at_end: self.live_at_end,
+            rss_empty_kib: kib(self.rss_empty),
+            rss_start_kib: kib(rss_start),
+            rss_end_kib: kib(self.end.server_rss),
+            rss_peak_kib: kib(self.rss_peak),
+            bytes_per_instance: opt_tenth(per_instance),
+            server_cpu_pct_core: opt_tenth(server_cpu),
+            server_cpu_pct_machine: opt_tenth(server_cpu.map(|c| c / cores)),
+            bench_cpu_pct_core: opt_tenth(bench_cpu),
+            machine_busy_pct: opt_tenth(machine_busy),
+            cores: cores as u64,
+        };
         if json {
-            out.push('{');
-            for (i, (key, value)) in fields.iter().enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(out, "{sep}\"{key}\":{}", value.json());
-            }
-            out.push('}');
+            output::json(&line)
         } else {
-            for (i, (key, value)) in fields.iter().enumerate() {
-                let sep = if i == 0 { "" } else { " " };
-                let _ = write!(out, "{sep}{key}={}", value.plain());
+            line.pairs()
+        }
+    }
+}
+
+/// The figures of a keep-alive run, each rounded to the decimals its text shows; `None`
+/// (`n/a` in text, `null` in JSON) for what was not measured (no `--server-pid`, or nothing
+/// to measure).
+#[derive(Debug, Serialize)]
+struct KeepaliveLine {
+    op: &'static str,
+    backend: &'static str,
+    instances: usize,
+    types: usize,
+    conns: usize,
+    depth: usize,
+    interval_s: f64,
+    server_ttl_s: f64,
+    seconds: f64,
+    register_s: f64,
+    registers_per_sec: u64,
+    target_heartbeats_per_sec: u64,
+    heartbeats_per_sec: u64,
+    heartbeats: u64,
+    not_found: u64,
+    errors: u64,
+    failed_conns: usize,
+    hb_p50_us: f64,
+    hb_p99_us: f64,
+    hb_p999_us: f64,
+    hb_max_us: f64,
+    longest_pass_ms: Option<f64>,
+    max_lag_ms: f64,
+    queries: u64,
+    queries_per_sec: f64,
+    q_p50_us: f64,
+    q_p99_us: f64,
+    q_p999_us: f64,
+    q_max_us: f64,
+    items_per_query: Option<f64>,
+    live_at_end: Option<u64>,
+    rss_empty_kib: Option<u64>,
+    rss_start_kib: Option<u64>,
+    rss_end_kib: Option<u64>,
+    rss_peak_kib: Option<u64>,
+    bytes_per_instance: Option<f64>,
+    server_cpu_pct_core: Option<f64>,
+    server_cpu_pct_machine: Option<f64>,
+    bench_cpu_pct_core: Option<f64>,
+    machine_busy_pct: Option<f64>,
+    cores: u64,
+}
+
+impl KeepaliveLine {
+    /// The text line: the JSON object's keys in the same order, as `key=value` pairs.
+    fn pairs(&self) -> String {
+        let mut p = Pairs::default();
+        p.put("op", self.op);
+        p.put("backend", self.backend);
+        p.put("instances", self.instances);
+        p.put("types", self.types);
+        p.put("conns", self.conns);
+        p.put("depth", self.depth);
+        p.fixed("interval_s", self.interval_s, 2);
+        p.fixed("server_ttl_s", self.server_ttl_s, 2);
+        p.fixed("seconds", self.seconds, 2);
+        p.fixed("register_s", self.register_s, 2);
+        p.put("registers_per_sec", self.registers_per_sec);
+        p.put("target_heartbeats_per_sec", self.target_heartbeats_per_sec);
+        p.put("heartbeats_per_sec", self.heartbeats_per_sec);
+        p.put("heartbeats", self.heartbeats);
+        p.put("not_found", self.not_found);
+        p.put("errors", self.errors);
+        p.put("failed_conns", self.failed_conns);
+        p.fixed("hb_p50_us", self.hb_p50_us, 1);
+        p.fixed("hb_p99_us", self.hb_p99_us, 1);
+        p.fixed("hb_p999_us", self.hb_p999_us, 1);
+        p.fixed("hb_max_us", self.hb_max_us, 1);
+        p.opt_fixed("longest_pass_ms", self.longest_pass_ms, 1);
+        p.fixed("max_lag_ms", self.max_lag_ms, 1);
+        p.put("queries", self.queries);
+        p.fixed("queries_per_sec", self.queries_per_sec, 1);
+        p.fixed("q_p50_us", self.q_p50_us, 1);
+        p.fixed("q_p99_us", self.q_p99_us, 1);
+        p.fixed("q_p999_us", self.q_p999_us, 1);
+        p.fixed("q_max_us", self.q_max_us, 1);
+        p.opt_fixed("items_per_query", self.items_per_query, 1);
+        p.opt("live_at_end", self.live_at_end);
+        p.opt("rss_empty_kib", self.rss_empty_kib);
+        p.opt("rss_start_kib", self.rss_start_kib);
+        p.opt("rss_end_kib", self.rss_end_kib);
+        p.opt("rss_peak_kib", self.rss_peak_kib);
+        p.opt_fixed("bytes_per_instance", self.bytes_per_instance, 1);
+        p.opt_fixed("server_cpu_pct_core", self.server_cpu_pct_core, 1);
+        p.opt_fixed("server_cpu_pct_machine", self.server_cpu_pct_machine, 1);
+        p.opt_fixed("bench_cpu_pct_core", self.bench_cpu_pct_core, 1);
+        p.opt_fixed("machine_busy_pct", self.machine_busy_pct, 1);
+        p.put("cores", self.cores);
+        p.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures of a short run on this machine, as the text line printed them.
+    const TEXT: &str = "op=keepalive backend=discovery instances=20000 types=20 conns=2 \
+        depth=64 interval_s=1.00 server_ttl_s=3600.00 seconds=2.00 register_s=0.02 \
+        registers_per_sec=983385 target_heartbeats_per_sec=20000 heartbeats_per_sec=19996 \
+        heartbeats=39992 not_found=0 errors=0 failed_conns=0 hb_p50_us=109.6 hb_p99_us=655.4 \
+        hb_p999_us=4522.0 hb_max_us=5509.2 longest_pass_ms=1001.6 max_lag_ms=10.9 queries=40 \
+        queries_per_sec=20.0 q_p50_us=397.3 q_p99_us=3311.5 q_p999_us=3311.5 q_max_us=3311.5 \
+        items_per_query=1000.0 live_at_end=20000 rss_empty_kib=5240 rss_start_kib=7076 \
+        rss_end_kib=7076 rss_peak_kib=7076 bytes_per_instance=94.0 server_cpu_pct_core=2.5 \
+        server_cpu_pct_machine=1.2 bench_cpu_pct_core=2.5 machine_busy_pct=100.0 cores=2";
+
+    fn sample() -> KeepaliveLine {
+        KeepaliveLine {
+            op: "keepalive",
+            backend: "discovery",
+            instances: 20000,
+            types: 20,
+            conns: 2,
+            depth: 64,
+            interval_s: 1.0,
+            server_ttl_s: 3600.0,
+            seconds: 2.0,
+            register_s: 0.02,
+            registers_per_sec: 983_385,
+            target_heartbeats_per_sec: 20000,
+            heartbeats_per_sec: 19996,
+            heartbeats: 39992,
+            not_found: 0,
+            errors: 0,
+            failed_conns: 0,
+            hb_p50_us: 109.6,
+            hb_p99_us: 655.4,
+            hb_p999_us: 4522.0,
+            hb_max_us: 5509.2,
+            longest_pass_ms: Some(1001.6),
+            max_lag_ms: 10.9,
+            queries: 40,
+            queries_per_sec: 20.0,
+            q_p50_us: 397.3,
+            q_p99_us: 3311.5,
+            q_p999_us: 3311.5,
+            q_max_us: 3311.5,
+            items_per_query: Some(1000.0),
+            live_at_end: Some(20000),
+            rss_empty_kib: Some(5240),
+            rss_start_kib: Some(7076),
+            rss_end_kib: Some(7076),
+            rss_peak_kib: Some(7076),
+            bytes_per_instance: Some(94.0),
+            server_cpu_pct_core: Some(2.5),
+            server_cpu_pct_machine: Some(1.2),
+            bench_cpu_pct_core: Some(2.5),
+            machine_busy_pct: Some(100.0),
+            cores: 2,
+        }
+    }
+
+    #[test]
+    fn the_text_line_is_as_it_was() {
+        assert_eq!(sample().pairs(), TEXT);
+    }
+
+    #[test]
+    fn the_json_object_has_the_text_lines_keys_in_order_and_its_figures() {
+        let line = KeepaliveLine {
+            rss_empty_kib: None,
+            bytes_per_instance: None,
+            ..sample()
+        };
+        let text = line.pairs();
+        let json = output::json(&line);
+        let pairs: Vec<(&str, &str)> = text
+            .split(' ')
+            .map(|pair| pair.split_once('=').expect("key=value"))
+            .collect();
+        // No value holds a comma or a colon: the keys are the text before each colon.
+        let keys: Vec<&str> = json
+            .trim_matches(['{', '}'])
+            .split(',')
+            .map(|pair| pair.split(':').next().unwrap_or_default().trim_matches('"'))
+            .collect();
+        assert_eq!(pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>(), keys);
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).expect("one JSON object");
+        for (key, text) in pairs {
+            match &object[key] {
+                serde_json::Value::Null => assert_eq!(text, "n/a", "{key}"),
+                serde_json::Value::String(s) => assert_eq!(text, s, "{key}"),
+                serde_json::Value::Number(n) => {
+                    assert_eq!(text.parse::<f64>().ok(), n.as_f64(), "{key}");
+                }
+                other => panic!("{key}: {other}"),
             }
-        }
-        out
-    }
-}
-
-/// A value of the result line.
-enum Value {
-    Text(String),
-    Int(u64),
-    /// A number and its decimals.
-    Float(f64, usize),
-    /// Not measured (no `--server-pid`, or nothing to measure).
-    Missing,
-}
-
-impl Value {
-    fn opt_int(v: Option<u64>) -> Self {
-        v.map_or(Value::Missing, Value::Int)
-    }
-
-    fn opt_float(v: Option<f64>, decimals: usize) -> Self {
-        v.map_or(Value::Missing, |v| Value::Float(v, decimals))
-    }
-
-    fn plain(&self) -> String {
-        match self {
-            Value::Text(s) => s.clone(),
-            Value::Int(n) => n.to_string(),
-            Value::Float(x, d) => format!("{x:.d$}"),
-            Value::Missing => "n/a".into(),
-        }
-    }
-
-    fn json(&self) -> String {
-        match self {
-            Value::Text(s) => format!("\"{s}\""),
-            Value::Missing => "null".into(),
-            other => other.plain(),
         }
     }
 }
