@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `workload` | the types, endpoints and operations, the same for both backends |
 //! | `runner` | the closed loop: seeding, connections, timing, the tally |
-//! | `keepalive` | `--op keepalive`: many instances kept alive at a steady rate, queried beside |
+//! | `keepalive` | `--op keepalive`: many instances kept alive at a steady rate, queried beside (`heartbeat`, `query`, `report` inside) |
 //! | `discovery` | the discovery backend: the protocol crate's codec on a raw socket |
 //! | `redis` | the Redis backend: sorted sets, a reaper, a RESP client by hand |
 //! | `histogram` | latency histograms: HdrHistogram, 3 significant digits |
