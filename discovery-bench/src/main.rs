@@ -5,12 +5,13 @@
 //! |---|---|
 //! | `workload` | the types, endpoints and operations, the same for both backends |
 //! | `runner` | the closed loop: seeding, connections, timing, the tally |
-//! | `keepalive` | `--op keepalive`: many instances kept alive at a steady rate, queried beside |
+//! | `keepalive` | `--op keepalive`: many instances kept alive at a steady rate, queried beside (`heartbeat`, `query`, `report` inside) |
 //! | `discovery` | the discovery backend: the protocol crate's codec on a raw socket |
 //! | `redis` | the Redis backend: sorted sets, a reaper, a RESP client by hand |
 //! | `histogram` | latency histograms: HdrHistogram, 3 significant digits |
 //! | `memory` | a server's resident memory, from `/proc` |
 //! | `cpu` | CPU time of a process and of the machine, from `/proc` |
+//! | `output` | the result line: `key=value` pairs, or a JSON object by serde_json |
 //!
 //! `docs/BENCHMARKS.md` explains what the figures mean; `bench/compare.sh` runs the whole
 //! comparison.
@@ -20,6 +21,7 @@ mod discovery;
 mod histogram;
 mod keepalive;
 mod memory;
+mod output;
 mod redis;
 mod runner;
 mod workload;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::discovery::{DiscoveryClient, DiscoveryConfig};
+use crate::output::{LoadLine, MemoryLine, shown, whole};
 use crate::redis::{RedisClient, RedisConfig};
 use crate::runner::{Backend, Report, Settings};
 use crate::workload::{Plan, Workload};
@@ -354,14 +357,15 @@ async fn measure_memory<B: Backend>(
     let per_instance = after.saturating_sub(before) as f64 / instances as f64;
     let kib = |bytes: u64| bytes / 1024;
     Ok(if cli.json {
-        format!(
-            "{{\"op\":\"memory\",\"backend\":\"{}\",\"instances\":{instances},\"types\":{},\
-             \"rss_before_kib\":{},\"rss_after_kib\":{},\"bytes_per_instance\":{per_instance:.1}}}",
-            B::NAME,
-            plan.types.len(),
-            kib(before),
-            kib(after)
-        )
+        output::json(&MemoryLine {
+            op: "memory",
+            backend: B::NAME,
+            instances: handles.len(),
+            types: plan.types.len(),
+            rss_before_kib: kib(before),
+            rss_after_kib: kib(after),
+            bytes_per_instance: shown(per_instance, 1),
+        })
     } else {
         format!(
             "op=memory backend={} instances={instances} types={} rss_before={}KiB \
@@ -385,14 +389,22 @@ fn format_report(cli: &Cli, backend: &str, report: &Report) -> String {
     let (requests, errors, failed) = (report.requests, report.errors, report.failed_conns);
     let secs = report.elapsed.as_secs_f64();
     if cli.json {
-        let items = items.map_or("null".to_owned(), |i| format!("{i:.1}"));
-        format!(
-            "{{\"op\":\"{op}\",\"backend\":\"{backend}\",\"conns\":{conns},\"depth\":{depth},\
-             \"ops_per_sec\":{ops:.0},\"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\
-             \"p999_us\":{p999:.1},\"max_us\":{max:.1},\"errors\":{errors},\
-             \"failed_conns\":{failed},\"requests\":{requests},\"seconds\":{secs:.3},\
-             \"items_per_query\":{items}}}"
-        )
+        output::json(&LoadLine {
+            op,
+            backend,
+            conns,
+            depth,
+            ops_per_sec: whole(ops),
+            p50_us: shown(p50, 1),
+            p99_us: shown(p99, 1),
+            p999_us: shown(p999, 1),
+            max_us: shown(max, 1),
+            errors,
+            failed_conns: failed,
+            requests,
+            seconds: shown(secs, 3),
+            items_per_query: items.map(|i| shown(i, 1)),
+        })
     } else {
         let mut line = format!(
             "op={op} backend={backend} conns={conns} depth={depth} ops/s={ops:.0} \
