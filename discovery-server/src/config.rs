@@ -124,3 +124,71 @@ impl ServerConfig {
         self.registry.limits()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_flags_names_as_keys_with_the_registry_flattened() {
+        let text = r#"{
+            "listen": "127.0.0.1:9000",
+            "max-connections": 12,
+            "idle-timeout": "90s",
+            "ttl": "1500ms",
+            "max-frame-bytes": 4096,
+            "watch-window": "1m 30s"
+        }"#;
+        let config: ServerConfig = serde_json::from_str(text).expect("a valid configuration");
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.max_connections, 12);
+        assert_eq!(config.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.registry.ttl, Duration::from_millis(1500));
+        assert_eq!(config.max_frame_bytes(), 4096);
+        assert_eq!(config.registry.watch_window, Duration::from_secs(90));
+        // What is not given keeps its default.
+        assert_eq!(config.frame_timeout, DEFAULT_FRAME_TIMEOUT);
+        assert_eq!(
+            config.registry.max_instances,
+            RegistryConfig::default().max_instances
+        );
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_duration_that_is_not_one_is_refused() {
+        let refused = serde_json::from_str::<ServerConfig>(r#"{"ttl": "soon"}"#);
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        let mut config = ServerConfig::default();
+        config.idle_timeout = Duration::ZERO;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("idle-timeout")
+        );
+        let mut config = ServerConfig::default();
+        config.max_connections = 0;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max-connections")
+        );
+        let mut config = ServerConfig::default();
+        config.registry.max_frame_bytes = 100;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max-frame-bytes")
+        );
+    }
+}

@@ -519,3 +519,37 @@ async fn shutdown_does_not_wait_past_the_grace_for_a_client_that_never_reads() {
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, wire.stream().read_to_end(&mut sink)).await;
 }
+
+#[tokio::test]
+async fn timeouts_and_windows_of_any_length_serve_and_shut_down() {
+    // "Forever" written as the largest duration: no deadline may overflow an `Instant`.
+    let mut config = ServerConfig::default();
+    config.idle_timeout = Duration::MAX;
+    config.frame_timeout = Duration::MAX;
+    config.registry.ttl = Duration::MAX;
+    config.registry.watch_window = Duration::MAX;
+    let server = TestServer::with_config(config).await;
+    let mut wire = Wire::hello(server.addr).await;
+    let id = wire.register("forever", 9000).await;
+    assert_eq!(wire.query("forever").await[0].id, id);
+    assert!(matches!(
+        wire.call(Request::Heartbeat { id }).await,
+        Response::Ok
+    ));
+    let watch = wire
+        .send(Request::Watch {
+            service_type: "forever".into(),
+            since: None,
+        })
+        .await;
+    assert!(matches!(
+        wire.recv().await.expect("a snapshot").response,
+        Response::Snapshot { .. }
+    ));
+    assert!(matches!(
+        wire.call(Request::Unwatch { watch }).await,
+        Response::Ok
+    ));
+    assert!(matches!(wire.call(Request::Ping).await, Response::Pong));
+    server.stop().await;
+}
