@@ -163,32 +163,28 @@ mod tests {
 
     #[test]
     fn each_bad_value_is_named() {
-        let mut config = ServerConfig::default();
-        config.idle_timeout = Duration::ZERO;
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("idle-timeout")
-        );
-        let mut config = ServerConfig::default();
-        config.max_connections = 0;
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("max-connections")
-        );
-        let mut config = ServerConfig::default();
-        config.registry.max_frame_bytes = 100;
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("max-frame-bytes")
-        );
+        let mut bad_frame = ServerConfig::default();
+        bad_frame.registry.max_frame_bytes = 100;
+        let cases = [
+            (
+                ServerConfig {
+                    idle_timeout: Duration::ZERO,
+                    ..ServerConfig::default()
+                },
+                "idle-timeout",
+            ),
+            (
+                ServerConfig {
+                    max_connections: 0,
+                    ..ServerConfig::default()
+                },
+                "max-connections",
+            ),
+            (bad_frame, "max-frame-bytes"),
+        ];
+        for (config, name) in cases {
+            let message = config.validate().expect_err(name).to_string();
+            assert!(message.contains(name), "{message}");
+        }
     }
 }

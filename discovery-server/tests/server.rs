@@ -523,9 +523,11 @@ async fn shutdown_does_not_wait_past_the_grace_for_a_client_that_never_reads() {
 #[tokio::test]
 async fn timeouts_and_windows_of_any_length_serve_and_shut_down() {
     // "Forever" written as the largest duration: no deadline may overflow an `Instant`.
-    let mut config = ServerConfig::default();
-    config.idle_timeout = Duration::MAX;
-    config.frame_timeout = Duration::MAX;
+    let mut config = ServerConfig {
+        idle_timeout: Duration::MAX,
+        frame_timeout: Duration::MAX,
+        ..ServerConfig::default()
+    };
     config.registry.ttl = Duration::MAX;
     config.registry.watch_window = Duration::MAX;
     let server = TestServer::with_config(config).await;
