@@ -12,7 +12,7 @@ use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Error, Instance, MAX_FRAME_BYTES, RequestId, Response, ServerFrame};
+use crate::{Entry, Error, Instance, MAX_FRAME_BYTES, RequestId, Response, ServerFrame};
 
 /// bincode's decode limit, in bytes.
 ///
@@ -28,11 +28,14 @@ type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
 /// The bincode configuration of the protocol, built once.
 const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
 
-/// The most bytes a frame that carries instances adds around them: a `Snapshot` has the
-/// largest envelope, with the request id (a varint of at most 9 bytes), the variant index
-/// (1), the revision (two varints, at most 18), `reset` (1), the vector length (at most 9)
-/// and `more` (1), rounded up. A server refuses to register an instance that would not fit
-/// in a frame with this much around it.
+/// The most bytes a frame that carries an instance adds around it, beyond the instance's
+/// own fields (its type among them). A `Snapshot` has the largest envelope, with the
+/// request id (a varint of at most 9 bytes), the variant index (1), the revision (two
+/// varints, at most 18), `reset` (1), the vector length (at most 9) and `more` (1), rounded
+/// up; an `Instances` frame has its type once (counted in the instance's fields), `stale_ms`
+/// (at most 10) and less; an `Added`, `Updated` or `Removed` push carries the revision and
+/// at most a reason byte. A server refuses to register an instance that would not fit in a
+/// frame with this much around it.
 const INSTANCES_FRAME_OVERHEAD: usize = 40;
 
 /// A message that travels as one frame: [`ClientFrame`](crate::ClientFrame) or
@@ -107,36 +110,44 @@ pub fn peek_request_id(payload: &[u8]) -> Option<RequestId> {
         .map(|(id, _)| id)
 }
 
-/// Splits the answer to a query into `Instances` frames of at most `max_frame_bytes` each,
-/// `more` set on all but the last. An empty answer is one frame with no instances.
+/// Splits the answer to a query of `service_type` into `Instances` frames of at most
+/// `max_frame_bytes` each, `more` set on all but the last. An empty answer is one frame with
+/// no instances.
 ///
 /// Fails with [`Error::FrameTooLarge`] only if a single instance cannot fit in a frame of
 /// that size, which a server prevents by refusing such an instance at register.
 pub fn instance_frames(
     request_id: RequestId,
-    instances: Vec<Instance>,
+    service_type: &str,
+    entries: Vec<Entry>,
     max_frame_bytes: usize,
 ) -> Result<Vec<ServerFrame>, Error> {
-    split_instances(request_id, instances, max_frame_bytes, |instances, more| {
-        Response::Instances { instances, more }
+    split_list(request_id, entries, max_frame_bytes, |instances, more| {
+        Response::Instances {
+            service_type: service_type.to_owned(),
+            stale_ms: None,
+            instances,
+            more,
+        }
     })
 }
 
-/// Splits instances into as many frames as `max_frame_bytes` requires, each built by
-/// `envelope(part, more)`: `Instances` for a query, `Snapshot` for a watch.
+/// Splits a list into as many frames as `max_frame_bytes` requires, each built by
+/// `envelope(part, more)`: `Instances` for a query, `Snapshot` for a watch, `Types` for the
+/// list of types.
 ///
-/// The frames are those an [`InstancesWriter`] writes, decoded: one implementation
-/// decides where a frame ends.
-pub fn split_instances(
+/// The frames are those a [`ListWriter`] writes, decoded: one implementation decides where
+/// a frame ends.
+pub fn split_list<T: Serialize>(
     request_id: RequestId,
-    instances: Vec<Instance>,
+    items: Vec<T>,
     max_frame_bytes: usize,
-    envelope: impl Fn(Vec<Instance>, bool) -> Response,
+    envelope: impl Fn(Vec<T>, bool) -> Response,
 ) -> Result<Vec<ServerFrame>, Error> {
     let mut bytes = Vec::new();
-    let mut writer = InstancesWriter::new(&mut bytes, request_id, max_frame_bytes, envelope)?;
-    for instance in &instances {
-        writer.push(instance)?;
+    let mut writer = ListWriter::new(&mut bytes, request_id, max_frame_bytes, envelope)?;
+    for item in &items {
+        writer.push(item)?;
     }
     writer.finish();
     let mut frames = Vec::new();
@@ -150,32 +161,38 @@ pub fn split_instances(
     Ok(frames)
 }
 
-/// Room for the instance count of a frame: a varint of at most 3 bytes (`fb` and a u16),
-/// since no instance encodes to fewer than 27 bytes and no frame holds more than 64 KiB.
+/// Room for the item count of a frame: a varint of at most 3 bytes (`fb` and a u16), since
+/// a frame holds at most 64 KiB and no item encodes to fewer than 3 bytes (a `TypeCount`
+/// of a one-byte type; an entry takes at least 25); [`ListWriter::push`] also closes a
+/// frame at 65,535 items.
 const COUNT_ROOM: usize = 3;
 
-/// Writes the answer of a query (or the snapshot of a watch) as whole frames, length
-/// prefix included, straight into an output buffer, one instance at a time: a server
-/// encodes from its own storage (an [`InstanceRef`](crate::InstanceRef) per instance)
-/// without building the answer first, and each instance is encoded once.
+/// Writes a list answer (a query's instances, a watch's snapshot, the types) as whole
+/// frames, length prefix included, straight into an output buffer, one item at a time: a
+/// server encodes from its own storage (an [`EntryRef`](crate::EntryRef) per instance)
+/// without building the answer first, and each item is encoded once.
 ///
-/// A frame is closed when the next instance would take it over `max_frame_bytes`; its
-/// instance count, unknown until then, is written into room kept for it.
+/// A frame is closed when the next item would take it over `max_frame_bytes`; its item
+/// count, unknown until then, is written into room kept for it.
 ///
 /// ```
-/// use discovery_proto::{Response, encoding::InstancesWriter};
+/// use discovery_proto::{Response, encoding::ListWriter};
 ///
 /// let mut out = Vec::new();
-/// let writer = InstancesWriter::new(&mut out, 7, 65536, |instances, more| {
-///     Response::Instances { instances, more }
+/// let writer = ListWriter::new(&mut out, 7, 65536, |instances, more| Response::Instances {
+///     service_type: "db".into(),
+///     stale_ms: None,
+///     instances,
+///     more,
 /// })?;
 /// writer.finish();
-/// // The length prefix, then id 7, Instances (4), no instances, `more` false.
-/// assert_eq!(out, [0, 0, 0, 4, 7, 4, 0, 0]);
+/// // The length prefix, then id 7, Instances (4), "db", no `stale_ms`, no instances,
+/// // `more` false.
+/// assert_eq!(out, [0, 0, 0, 8, 7, 4, 2, b'd', b'b', 0, 0, 0]);
 /// # Ok::<(), discovery_proto::Error>(())
 /// ```
 #[derive(Debug)]
-pub struct InstancesWriter<'a> {
+pub struct ListWriter<'a> {
     out: &'a mut Vec<u8>,
     /// The payload of every frame up to its instance count.
     prefix: Vec<u8>,
@@ -185,20 +202,20 @@ pub struct InstancesWriter<'a> {
     count: usize,
 }
 
-impl<'a> InstancesWriter<'a> {
-    /// Starts an answer to `request_id` in frames built by `envelope`, whose instances and
-    /// `more` must be its last two fields (as in `Instances` and `Snapshot`).
-    pub fn new(
+impl<'a> ListWriter<'a> {
+    /// Starts an answer to `request_id` in frames built by `envelope`, whose list and
+    /// `more` must be its last two fields (as in `Instances`, `Snapshot` and `Types`).
+    pub fn new<T>(
         out: &'a mut Vec<u8>,
         request_id: RequestId,
         max_frame_bytes: usize,
-        envelope: impl Fn(Vec<Instance>, bool) -> Response,
+        envelope: impl Fn(Vec<T>, bool) -> Response,
     ) -> Result<Self, Error> {
         let template = encode(&ServerFrame::new(request_id, envelope(Vec::new(), false)))?;
         // An empty list is the count 0, and `more` false is 0: both last.
         let Some(prefix) = template.strip_suffix(&[0, 0]) else {
             return Err(Error::Encode(
-                "the envelope must end with its instances and `more`".into(),
+                "the envelope must end with its list and `more`".into(),
             ));
         };
         let mut writer = Self {
@@ -212,10 +229,11 @@ impl<'a> InstancesWriter<'a> {
         Ok(writer)
     }
 
-    /// Appends one instance: anything that encodes as an [`Instance`] does.
+    /// Appends one item of the envelope's list (for instances, anything that encodes as an
+    /// [`Entry`] does).
     ///
-    /// Fails with [`Error::FrameTooLarge`], writing nothing, when the instance would not
-    /// fit in a frame alone; the answer can go on without it.
+    /// Fails with [`Error::FrameTooLarge`], writing nothing, when the item would not fit in
+    /// a frame alone; the answer can go on without it.
     pub fn push<T: Serialize>(&mut self, instance: &T) -> Result<(), Error> {
         let start = self.out.len();
         if let Err(e) = encode_value_into(instance, &mut *self.out) {
@@ -274,8 +292,9 @@ impl<'a> InstancesWriter<'a> {
     }
 }
 
-/// The encoded size of `instance` inside an `Instances` frame, with that frame's overhead:
-/// a server refuses to register an instance for which this exceeds its frame limit.
+/// The most bytes `instance` takes in any frame that carries it (alone in an `Instances` or
+/// `Snapshot` frame, or in a push), with that frame's overhead: a server refuses to
+/// register an instance for which this exceeds its frame limit.
 pub fn instance_frame_len(instance: &Instance) -> usize {
     instance_frame_len_of(instance)
 }

@@ -17,7 +17,7 @@
 //! ```
 //! use discovery_proto::{ClientFrame, Request, encoding};
 //!
-//! let frame = ClientFrame::new(1, Request::Query { service_type: "billing".into() });
+//! let frame = ClientFrame::new(1, Request::Query { service_type: "billing".into(), min_revision: None });
 //! let payload = encoding::encode(&frame)?;
 //! let back: ClientFrame = encoding::decode(&payload)?;
 //! assert_eq!(back, frame);
@@ -32,15 +32,17 @@ pub mod message;
 
 pub use error::Error;
 pub use message::{
-    ClientFrame, ErrorKind, Instance, InstanceRef, Limits, Metadata, RemoveReason, Request,
-    RequestId, Response, Revision, ServerFrame,
+    ClientFrame, Entry, EntryRef, ErrorKind, Instance, Limits, Metadata, RemoveReason, Request,
+    RequestId, Response, Revision, ServerFrame, TypeCount,
 };
 
 /// The version of the protocol this crate speaks, sent in `Hello` and `Welcome`.
 ///
 /// It changes only when a message changes in a way an older peer would misread; adding a
-/// variant at the end of an enum does not change it.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// variant at the end of an enum does not change it. Version 1 (the first, unreleased)
+/// lacked TTLs per instance, updates and the compact answers; a server of version 2
+/// refuses a version-1 `Hello` with an error naming both.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The TCP port a server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7777;

@@ -58,7 +58,8 @@ impl ServerFrame {
     }
 }
 
-/// What a client can ask. New variants go at the end.
+/// What a client can ask. New variants go at the end (see `docs/PROTOCOL.md` for the rule a
+/// peer follows with a variant it does not know).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// The first frame of every connection: the server answers [`Response::Welcome`], or an
@@ -80,37 +81,54 @@ pub enum Request {
         port: u16,
         /// Free-form pairs shown to callers.
         metadata: Metadata,
+        /// How long the instance stays live without a heartbeat; `None` for the server's
+        /// TTL. Outside the bounds of [`Response::Welcome`] it is refused with
+        /// [`ErrorKind::InvalidTtl`].
+        ttl: Option<Duration>,
     },
-    /// Keep an instance alive for another TTL. Answered by [`Response::Ok`], or
+    /// Keep an instance alive for another TTL (its own). Answered by [`Response::Ok`], or
     /// [`Response::NotFound`] when the id is unknown or expired: the instance must register
     /// again.
     Heartbeat {
         /// The id [`Response::Registered`] gave.
         id: Uuid,
+        /// The revision of the client's last change (its register, or an update): a server
+        /// that has not seen it yet waits for it a moment before it answers, so that a
+        /// heartbeat sent to another server after a failover finds the instance.
+        min_revision: Option<Revision>,
     },
-    /// Remove an instance at once. Answered by [`Response::Ok`] or [`Response::NotFound`].
+    /// Remove an instance at once. Answered by [`Response::Done`] or [`Response::NotFound`].
     Deregister {
         /// The id [`Response::Registered`] gave.
         id: Uuid,
+        /// As in `Heartbeat`.
+        min_revision: Option<Revision>,
     },
     /// List the live instances of a type. Answered by one or more [`Response::Instances`].
     Query {
         /// The type to list.
         service_type: String,
+        /// A revision the answer must include (the client's own last change, to read its
+        /// own writes on another server): a server that has not seen it yet waits for it
+        /// a moment before it answers.
+        min_revision: Option<Revision>,
     },
     /// Check that the connection is alive. Answered by [`Response::Pong`].
     Ping,
     /// Subscribe to the changes of a type on this connection. Answered by
     /// [`Response::Snapshot`] frames (the instances now, with the type's revision), or, when
     /// `since` can be resumed, by [`Response::Resumed`] and the changes missed since then;
-    /// after either, by [`Response::Added`] and [`Response::Removed`] pushes as changes
-    /// happen. Every frame of the subscription carries this request's id, until `Unwatch`.
+    /// after either, by [`Response::Added`], [`Response::Updated`] and
+    /// [`Response::Removed`] pushes as changes happen. Every frame of the subscription
+    /// carries this request's id, until `Unwatch`.
     Watch {
         /// The type to watch.
         service_type: String,
         /// The last revision the client has seen, from an earlier subscription: the server
         /// sends only what happened after it, or a snapshot marked `reset` when it cannot.
         since: Option<Revision>,
+        /// As in `Query`: the snapshot includes this revision.
+        min_revision: Option<Revision>,
     },
     /// End the subscription opened by the `Watch` request with this id. Answered by
     /// [`Response::Ok`], after which no frame of that subscription follows, or
@@ -119,34 +137,94 @@ pub enum Request {
         /// The request id of the `Watch`.
         watch: RequestId,
     },
+    /// List every type with live instances, and how many. Answered by one or more
+    /// [`Response::Types`].
+    ListTypes,
+    /// Replace an instance's metadata, keeping its id and its liveness (an update is not a
+    /// heartbeat). Answered by [`Response::Done`] or [`Response::NotFound`]; watchers of the
+    /// type receive [`Response::Updated`].
+    Update {
+        /// The id [`Response::Registered`] gave.
+        id: Uuid,
+        /// The whole new metadata: pairs not in it are gone.
+        metadata: Metadata,
+        /// As in `Heartbeat`.
+        min_revision: Option<Revision>,
+    },
 }
 
-/// What a server answers. New variants go at the end.
+impl Request {
+    /// The revision this request asks the server to have seen before it answers, if any.
+    pub fn min_revision(&self) -> Option<Revision> {
+        match self {
+            Request::Heartbeat { min_revision, .. }
+            | Request::Deregister { min_revision, .. }
+            | Request::Query { min_revision, .. }
+            | Request::Watch { min_revision, .. }
+            | Request::Update { min_revision, .. } => *min_revision,
+            Request::Hello { .. }
+            | Request::Register { .. }
+            | Request::Ping
+            | Request::Unwatch { .. }
+            | Request::ListTypes => None,
+        }
+    }
+}
+
+/// What a server answers. New variants go at the end (see `docs/PROTOCOL.md` for the rule a
+/// peer follows with a variant it does not know).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The answer to `Hello`: what the server speaks and the limits it enforces.
+    /// The answer to `Hello`: what the server speaks, its TTLs and timeouts, and the limits
+    /// it enforces, so that a client can check before it sends.
     Welcome {
         /// The [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) the server speaks.
         protocol_version: u16,
-        /// How long an instance stays live after its register or its last heartbeat.
+        /// How long an instance registered without a TTL of its own stays live after its
+        /// register or its last heartbeat.
         ttl: Duration,
-        /// The limits the server enforces, so that a client can check before it sends.
+        /// The shortest TTL a `Register` may ask for.
+        min_ttl: Duration,
+        /// The longest TTL a `Register` may ask for.
+        max_ttl: Duration,
+        /// How long a connection may go without a frame from its client before the server
+        /// closes it: a client that has nothing to send pings more often than this.
+        idle_timeout: Duration,
+        /// How long a client has to finish a frame once its first byte came.
+        frame_timeout: Duration,
+        /// The limits the server enforces.
         limits: Limits,
     },
-    /// The answer to `Register`: the id the server made for the new instance.
+    /// The answer to `Register`.
     Registered {
-        /// The id to heartbeat and deregister with.
+        /// The id the server made for the new instance, to heartbeat and deregister with.
         id: Uuid,
+        /// The TTL granted: heartbeat well within it (the client library does every third
+        /// of it).
+        ttl: Duration,
+        /// The revision of this change: a `min_revision` for reading one's own write on
+        /// another server.
+        revision: Revision,
     },
     /// The request succeeded and has nothing to say.
     Ok,
-    /// The instance is unknown or expired.
-    NotFound,
+    /// The instance (or the watch, for `Unwatch`) is unknown or expired.
+    NotFound {
+        /// Why the id is gone, when the server still remembers (it does for a while after
+        /// the removal); `None` when it does not know the id at all.
+        reason: Option<RemoveReason>,
+    },
     /// Part of the answer to `Query`. An answer too large for one frame comes as several
     /// frames with the same request id, `more` true on every one but the last.
     Instances {
+        /// The type queried, said once for the instances of the frame.
+        service_type: String,
+        /// How old the answer may be, in milliseconds, when a server of a cluster answers
+        /// from a catalogue it cannot confirm is current (only when its operator allows
+        /// it); `None` for a current answer, which a single server always gives.
+        stale_ms: Option<u64>,
         /// The live instances in this part.
-        instances: Vec<Instance>,
+        instances: Vec<Entry>,
         /// True when more frames of this answer follow.
         more: bool,
     },
@@ -168,8 +246,8 @@ pub enum Response {
         revision: Revision,
         /// True when this snapshot replaces what the client knew rather than starting it.
         reset: bool,
-        /// The live instances in this part.
-        instances: Vec<Instance>,
+        /// The live instances in this part, of the watched type.
+        instances: Vec<Entry>,
         /// True when more frames of this snapshot follow.
         more: bool,
     },
@@ -194,6 +272,33 @@ pub enum Response {
         instance: Instance,
         /// Why it is gone.
         reason: RemoveReason,
+    },
+    /// Part of the answer to `ListTypes`, sorted by type; split into frames like
+    /// `Instances`.
+    Types {
+        /// The types in this part, each with its live instance count.
+        types: Vec<TypeCount>,
+        /// True when more frames of this answer follow.
+        more: bool,
+    },
+    /// An instance of the watched type changed its metadata in place: same id, same
+    /// endpoint, same liveness.
+    Updated {
+        /// The type's revision after this change.
+        revision: Revision,
+        /// The whole instance after the change.
+        instance: Instance,
+    },
+    /// The answer to `Update` and `Deregister`: the change is made.
+    Done {
+        /// The revision of this change, as in `Registered`.
+        revision: Revision,
+    },
+    /// A rate limit refused the request: nothing changed; the same request may succeed
+    /// after the delay.
+    Throttled {
+        /// How long to wait before sending it again, in milliseconds.
+        retry_after_ms: u64,
     },
 }
 
@@ -275,6 +380,21 @@ pub enum ErrorKind {
     WatchLimit,
     /// A `Watch` reused the request id of a watch still open on the connection.
     DuplicateWatch,
+    /// A `Register` asked for a TTL outside the bounds of [`Response::Welcome`].
+    InvalidTtl,
+    /// The server cannot serve this request now (a server of a cluster cut off from its
+    /// store): try the next server, and keep the registration, its id and its heartbeats;
+    /// never register again because of it. A single server never answers it.
+    Unavailable,
+    /// The server has change feeds for as many watched types as it may.
+    WatchedTypeLimit,
+    /// The server holds as many bytes of watch feeds and queues as it may.
+    WatchBytesLimit,
+    /// The server holds as many bytes of instances and metadata as it may.
+    RegistryBytesLimit,
+    /// The server has as many connections from this peer as it may; the connection is
+    /// closed.
+    PeerConnectionLimit,
 }
 
 impl ErrorKind {
@@ -286,11 +406,15 @@ impl ErrorKind {
                 | ErrorKind::HelloRequired
                 | ErrorKind::TooManyConnections
                 | ErrorKind::ShuttingDown
+                | ErrorKind::PeerConnectionLimit
         )
     }
 }
 
 /// The limits a server enforces, announced in [`Response::Welcome`].
+///
+/// The bounds that are `Option` are off (`None`) unless the server's operator set them, or
+/// until the server enforces them; every other one is always in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// The largest frame payload the server accepts or sends, in bytes.
@@ -307,25 +431,26 @@ pub struct Limits {
     pub max_metadata_key_bytes: u32,
     /// The longest metadata value, in bytes.
     pub max_metadata_value_bytes: u32,
-}
-
-/// An instance borrowed from wherever a server keeps it, which encodes to exactly the bytes
-/// of the [`Instance`] with the same fields: a server writes query answers from its own
-/// storage with it, without building an `Instance` per answer.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct InstanceRef<'a> {
-    /// See [`Instance::id`].
-    pub id: Uuid,
-    /// See [`Instance::service_type`].
-    pub service_type: &'a str,
-    /// See [`Instance::ip`].
-    pub ip: IpAddr,
-    /// See [`Instance::port`].
-    pub port: u16,
-    /// See [`Instance::metadata`].
-    pub metadata: &'a Metadata,
-    /// [`Instance::last_heartbeat`] as it travels: milliseconds since the Unix epoch.
-    pub last_heartbeat_ms: i64,
+    /// The most open connections to the server, from every client together.
+    pub max_connections: u64,
+    /// The most watches open at once on one connection.
+    pub max_watches_per_connection: u32,
+    /// The most connections from one peer (an IPv6 peer counted per /64).
+    pub max_connections_per_peer: Option<u32>,
+    /// The most types with a change feed at once, for every connection together.
+    pub max_watched_types: Option<u64>,
+    /// The most bytes of watch feeds, their histories and queues, together.
+    pub max_watch_bytes: Option<u64>,
+    /// The most bytes a connection holds for answers not yet written.
+    pub max_answer_buffer_bytes: Option<u64>,
+    /// The most bytes of instances and metadata the server holds.
+    pub max_registry_bytes: Option<u64>,
+    /// How long a write to a client may make no progress before the connection ends.
+    pub write_timeout: Option<Duration>,
+    /// The registers per second a connection may make in the long run.
+    pub register_rate: Option<u32>,
+    /// The registers a connection may make at once above that rate.
+    pub register_burst: Option<u32>,
 }
 
 /// A live instance, as a query lists it.
@@ -346,4 +471,79 @@ pub struct Instance {
     /// monotonic clock, never on this).
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub last_heartbeat: DateTime<Utc>,
+}
+
+impl Instance {
+    /// The instance an [`Entry`] of an answer about `service_type` stands for.
+    pub fn from_entry(service_type: impl Into<String>, entry: Entry) -> Instance {
+        let Entry {
+            id,
+            ip,
+            port,
+            metadata,
+            last_heartbeat,
+        } = entry;
+        Instance {
+            id,
+            service_type: service_type.into(),
+            ip,
+            port,
+            metadata,
+            last_heartbeat,
+        }
+    }
+
+    /// The instance as an [`Entry`], its type said elsewhere.
+    pub fn into_entry(self) -> Entry {
+        Entry {
+            id: self.id,
+            ip: self.ip,
+            port: self.port,
+            metadata: self.metadata,
+            last_heartbeat: self.last_heartbeat,
+        }
+    }
+}
+
+/// An instance in an answer about one type (`Instances`, `Snapshot`): an [`Instance`]
+/// without its type, which the frame says once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// See [`Instance::id`].
+    pub id: Uuid,
+    /// See [`Instance::ip`].
+    pub ip: IpAddr,
+    /// See [`Instance::port`].
+    pub port: u16,
+    /// See [`Instance::metadata`].
+    pub metadata: Metadata,
+    /// See [`Instance::last_heartbeat`].
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub last_heartbeat: DateTime<Utc>,
+}
+
+/// An entry borrowed from wherever a server keeps it, which encodes to exactly the bytes of
+/// the [`Entry`] with the same fields: a server writes answers from its own storage with
+/// it, without building an `Entry` per answer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EntryRef<'a> {
+    /// See [`Instance::id`].
+    pub id: Uuid,
+    /// See [`Instance::ip`].
+    pub ip: IpAddr,
+    /// See [`Instance::port`].
+    pub port: u16,
+    /// See [`Instance::metadata`].
+    pub metadata: &'a Metadata,
+    /// [`Instance::last_heartbeat`] as it travels: milliseconds since the Unix epoch.
+    pub last_heartbeat_ms: i64,
+}
+
+/// A type and how many live instances it has, as `ListTypes` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeCount {
+    /// The type.
+    pub service_type: String,
+    /// Its live instances.
+    pub instances: u64,
 }

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use discovery_proto::{DEFAULT_PORT, Limits};
+use discovery_proto::{DEFAULT_PORT, Limits, MAX_FRAME_BYTES};
 use discovery_registry::RegistryConfig;
 use discovery_registry::config::duration;
 use serde::Deserialize;
@@ -119,9 +119,31 @@ impl ServerConfig {
         self.registry.max_frame_bytes
     }
 
-    /// The limits announced to clients in `Welcome`.
+    /// The limits announced to clients in `Welcome`: every one this server enforces. The
+    /// bounds of the bounded-server work that are not enforced yet are announced as off.
     pub fn limits(&self) -> Limits {
-        self.registry.limits()
+        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let u64_of = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let registry = &self.registry;
+        Limits {
+            max_frame_bytes: u32_of(registry.max_frame_bytes.min(MAX_FRAME_BYTES)),
+            max_instances: u64_of(registry.max_instances),
+            max_instances_per_type: u64_of(registry.max_instances_per_type),
+            max_type_bytes: u32_of(registry.max_type_bytes),
+            max_metadata_pairs: u32_of(registry.max_metadata_pairs),
+            max_metadata_key_bytes: u32_of(registry.max_metadata_key_bytes),
+            max_metadata_value_bytes: u32_of(registry.max_metadata_value_bytes),
+            max_connections: u64_of(self.max_connections),
+            max_watches_per_connection: u32_of(self.max_watches_per_connection),
+            max_connections_per_peer: None,
+            max_watched_types: None,
+            max_watch_bytes: None,
+            max_answer_buffer_bytes: None,
+            max_registry_bytes: None,
+            write_timeout: None,
+            register_rate: None,
+            register_burst: None,
+        }
     }
 }
 

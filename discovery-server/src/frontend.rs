@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::config::ServerConfig;
 
+/// How long a request whose `min_revision` this server has not reached waits for it before
+/// it is answered from what the server has.
+pub const MIN_REVISION_WAIT: Duration = Duration::from_secs(1);
+
 /// A byte stream a frontend can serve: a TCP socket, a TLS stream over one, an in-memory
 /// pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

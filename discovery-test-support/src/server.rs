@@ -148,6 +148,9 @@ impl TestServer {
 pub fn config_with_ttl(ttl: Duration) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.registry.ttl = ttl;
+    // The bounds a register's own TTL must lie in widen to take the server's.
+    config.registry.min_ttl = config.registry.min_ttl.min(ttl);
+    config.registry.max_ttl = config.registry.max_ttl.max(ttl);
     config
 }
 

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use discovery_proto::codec::ServerCodec;
-use discovery_proto::encoding::InstancesWriter;
+use discovery_proto::encoding::ListWriter;
 use discovery_proto::{
-    ClientFrame, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
+    ClientFrame, EntryRef, ErrorKind, Instance, RequestId, Response, SERVER_REQUEST_ID,
+    ServerFrame,
 };
 use discovery_registry::{Change, ChangeEvent, Registry, Subscription, WatchStart};
 use futures_util::FutureExt;
@@ -120,11 +121,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(ClientFrame {
                         request_id,
                         request,
-                    }) if greeted => (request_id, handler::handle(registry, request)),
+                    }) if greeted => {
+                        if let Some(min) = request.min_revision()
+                            && !registry.reached(min, Duration::ZERO).await
+                        {
+                            // Answers already made go out before the wait, and the wait
+                            // is bounded; what it ends with, the answer is made from what
+                            // this server has (a single server is the whole truth).
+                            self.flush().await?;
+                            registry.reached(min, frontend::MIN_REVISION_WAIT).await;
+                        }
+                        (request_id, handler::handle(registry, request))
+                    }
                     Ok(ClientFrame {
                         request_id,
                         request,
-                    }) => (request_id, handler::hello(registry, &request)),
+                    }) => (request_id, handler::hello(&context.config, &request)),
                     Err(e) if greeted => {
                         let request_id = e.request_id().unwrap_or(SERVER_REQUEST_ID);
                         let answer = handler::error(ErrorKind::MalformedFrame, e.to_string());
@@ -199,11 +211,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             Answer::Query(service_type) => {
                 self.scratch.clear();
-                let mut writer = InstancesWriter::new(
+                let mut writer = ListWriter::new(
                     &mut self.scratch,
                     request_id,
                     max_frame_bytes,
-                    |instances, more| Response::Instances { instances, more },
+                    |instances, more| Response::Instances {
+                        service_type: service_type.clone(),
+                        stale_ms: None,
+                        instances,
+                        more,
+                    },
                 )?;
                 let mut skipped = 0usize;
                 registry.query_each(&service_type, |instance| {
@@ -220,6 +237,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         service_type, "instances too large for a frame left out of a query answer"
                     );
                 }
+                self.write_buf.extend_from_slice(&self.scratch);
+                Ok(true)
+            }
+            Answer::Types => {
+                self.scratch.clear();
+                let mut writer = ListWriter::new(
+                    &mut self.scratch,
+                    request_id,
+                    max_frame_bytes,
+                    |types, more| Response::Types { types, more },
+                )?;
+                for (service_type, instances) in registry.types() {
+                    // Encodes as a `TypeCount`; a type is far shorter than a frame.
+                    let count = u64::try_from(instances).unwrap_or(u64::MAX);
+                    writer.push(&(service_type.as_str(), count))?;
+                }
+                writer.finish();
                 self.write_buf.extend_from_slice(&self.scratch);
                 Ok(true)
             }
@@ -249,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Answer::Unwatch(watch) => {
                 let response = match self.watches.remove(&watch) {
                     Some(_) => Response::Ok,
-                    None => Response::NotFound,
+                    None => Response::NotFound { reason: None },
                 };
                 self.push(&ServerFrame::new(request_id, response))?;
                 Ok(true)
@@ -271,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 reset,
             }) => {
                 self.scratch.clear();
-                let mut writer = InstancesWriter::new(
+                let mut writer = ListWriter::new(
                     &mut self.scratch,
                     request_id,
                     max_frame_bytes,
@@ -284,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 )?;
                 for instance in &instances {
                     // As for a query: registration keeps every instance within a frame.
-                    if writer.push(instance).is_err() {
+                    if writer.push(&entry(instance)).is_err() {
                         warn!(%instance.id, "instance too large for a frame left out of a snapshot");
                     }
                 }
@@ -427,8 +461,23 @@ fn change_frame(id: RequestId, change: &Change) -> ServerFrame {
             instance: instance.clone(),
             reason: *reason,
         },
+        ChangeEvent::Updated(instance) => Response::Updated {
+            revision,
+            instance: instance.clone(),
+        },
     };
     ServerFrame::new(id, response)
+}
+
+/// An instance as an entry of a snapshot, whose frames say the type once.
+fn entry(instance: &Instance) -> EntryRef<'_> {
+    EntryRef {
+        id: instance.id,
+        ip: instance.ip,
+        port: instance.port,
+        metadata: &instance.metadata,
+        last_heartbeat_ms: instance.last_heartbeat.timestamp_millis(),
+    }
 }
 
 /// Refuses a connection with an error frame, then closes it.

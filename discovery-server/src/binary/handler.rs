@@ -3,7 +3,9 @@
 //! place and tested alone.
 
 use discovery_proto::{ErrorKind, PROTOCOL_VERSION, Request, RequestId, Response};
-use discovery_registry::{Registry, Subscription};
+use discovery_registry::{Error as RegistryError, Registered, Registry, Subscription};
+
+use crate::config::ServerConfig;
 
 /// What a request is answered with.
 #[derive(Debug)]
@@ -13,6 +15,9 @@ pub enum Answer {
     /// A query of this type: the connection writes the answer straight from the registry
     /// into as many `Instances` frames as the frame limit requires.
     Query(String),
+    /// The list of types: the connection writes it into as many `Types` frames as the
+    /// frame limit requires.
+    Types,
     /// A last frame, after which the connection is closed.
     Close(Response),
     /// A watch to open on the connection, which sends its start and changes.
@@ -23,22 +28,26 @@ pub enum Answer {
 }
 
 /// Answers the first frame of a connection, which must be `Hello` in the version we speak.
-/// The `Welcome` announces the registry's own TTL and limits.
-pub fn hello(registry: &Registry, request: &Request) -> Answer {
+/// The `Welcome` announces the server's TTLs, timeouts and limits.
+pub fn hello(config: &ServerConfig, request: &Request) -> Answer {
     match request {
         Request::Hello {
             protocol_version, ..
         } if *protocol_version == PROTOCOL_VERSION => Answer::Response(Response::Welcome {
             protocol_version: PROTOCOL_VERSION,
-            ttl: registry.config().ttl,
-            limits: registry.config().limits(),
+            ttl: config.registry.ttl,
+            min_ttl: config.registry.min_ttl,
+            max_ttl: config.registry.max_ttl,
+            idle_timeout: config.idle_timeout,
+            frame_timeout: config.frame_timeout,
+            limits: config.limits(),
         }),
         Request::Hello {
             protocol_version, ..
         } => Answer::Close(error(
             ErrorKind::UnsupportedVersion,
             format!(
-                "protocol version {protocol_version} is not spoken here; this server speaks {PROTOCOL_VERSION}"
+                "protocol version {protocol_version} is not spoken here; this server speaks version {PROTOCOL_VERSION}"
             ),
         )),
         _ => Answer::Close(hello_required()),
@@ -53,7 +62,8 @@ pub fn hello_required() -> Response {
     )
 }
 
-/// Answers a request on a connection that has said `Hello`.
+/// Answers a request on a connection that has said `Hello`. A request's `min_revision` has
+/// been waited for already, by the connection.
 pub fn handle(registry: &Registry, request: Request) -> Answer {
     let response = match request {
         Request::Hello { .. } => error(
@@ -65,20 +75,33 @@ pub fn handle(registry: &Registry, request: Request) -> Answer {
             ip,
             port,
             metadata,
-        } => match registry.register(&service_type, ip, port, metadata) {
-            Ok(id) => Response::Registered { id },
-            Err(e) => error(e.kind(), e.to_string()),
+            ttl,
+        } => match registry.register_with_ttl(&service_type, ip, port, metadata, ttl) {
+            Ok(Registered { id, ttl, revision }) => Response::Registered { id, ttl, revision },
+            Err(e) => refusal(&e),
         },
-        Request::Heartbeat { id } => found(registry.heartbeat(id)),
-        Request::Deregister { id } => found(registry.deregister(id)),
-        Request::Query { service_type } => return Answer::Query(service_type),
+        Request::Heartbeat { id, .. } => match registry.heartbeat(id) {
+            Ok(()) => Response::Ok,
+            Err(e) => refusal(&e),
+        },
+        Request::Deregister { id, .. } => match registry.deregister(id) {
+            Ok(revision) => Response::Done { revision },
+            Err(e) => refusal(&e),
+        },
+        Request::Update { id, metadata, .. } => match registry.update(id, metadata) {
+            Ok(revision) => Response::Done { revision },
+            Err(e) => refusal(&e),
+        },
+        Request::Query { service_type, .. } => return Answer::Query(service_type),
+        Request::ListTypes => return Answer::Types,
         Request::Ping => Response::Pong,
         Request::Watch {
             service_type,
             since,
+            ..
         } => match registry.watch(&service_type, since) {
             Ok(subscription) => return Answer::Watch(subscription),
-            Err(e) => error(e.kind(), e.to_string()),
+            Err(e) => refusal(&e),
         },
         Request::Unwatch { watch } => return Answer::Unwatch(watch),
     };
@@ -93,10 +116,11 @@ pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     }
 }
 
-fn found(found: bool) -> Response {
-    if found {
-        Response::Ok
-    } else {
-        Response::NotFound
+/// The answer to a request the registry refused: `NotFound`, with the reason it remembers,
+/// or an error of the refusal's kind.
+fn refusal(e: &RegistryError) -> Response {
+    match e {
+        RegistryError::NotFound { reason } => Response::NotFound { reason: *reason },
+        e => error(e.kind(), e.to_string()),
     }
 }
