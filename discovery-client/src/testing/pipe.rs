@@ -1,14 +1,7 @@
-//! For the unit tests: a server made of the server crate's own connection code, reached
+//! [`PipeServer`]: a server made of the server crate's own connection code, reached
 //! through in-memory pipes by a [`Dial`] of its own, on the test's runtime.
-//!
-//! Its point is the paused clock. Real sockets and a paused clock do not mix (tokio issue
-//! 4522: the clock jumps while a socket is waited on), but pipes wake their readers like
-//! any in-process channel, so a test can let hours of virtual time pass in an instant and
-//! check what the client did meanwhile: how often it heartbeat or dialled, and that its
-//! timing bounds hold whatever the machine's speed.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -22,10 +15,8 @@ use uuid::Uuid;
 
 use crate::config::ServerAddress;
 use crate::dial::{Dial, Dialed};
+use crate::testing::PEER;
 use crate::{Client, ClientBuilder};
-
-/// The peer address the pipes report.
-pub(crate) const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777);
 
 /// A server reached through pipes; it can be taken down and restarted with an empty
 /// registry, as a crashed and restarted process would be.
