@@ -10,14 +10,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_proto::{Instance, Request, Response};
+use discovery_proto::{Instance, Metadata, Request, Response, Revision, TypeCount};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use uuid::Uuid;
 
-use crate::call::{Call, Outcome};
+use crate::call::{Call, Continuity, Outcome};
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::grant::Registered;
 use crate::spec::ServiceSpec;
 use crate::status::{ServerInfo, WorkerStatus};
 use crate::watch_channel::{Control, NewWatch};
@@ -47,31 +48,68 @@ impl Caller {
         }
     }
 
-    /// The live instances of `service_type`.
+    /// The live instances of `service_type`, rebuilt whole from the compact entries of the
+    /// answer.
     pub(crate) async fn query(&self, service_type: String) -> Result<Vec<Instance>, Error> {
-        match self.call(Request::Query { service_type }).await? {
-            Response::Instances { instances, .. } => Ok(instances),
+        // The worker stamps the client's latest change as the `min_revision`.
+        let request = Request::Query {
+            service_type,
+            min_revision: None,
+        };
+        match self.call(request).await? {
+            Response::Instances {
+                service_type,
+                instances,
+                ..
+            } => Ok(instances
+                .into_iter()
+                .map(|entry| Instance::from_entry(service_type.as_str(), entry))
+                .collect()),
             other => Err(unexpected("Query", other)),
         }
     }
 
-    /// Registers `spec` once; the id the server made.
-    pub(crate) async fn register_once(&self, spec: &ServiceSpec) -> Result<Uuid, Error> {
+    /// Every type with live instances, and how many, sorted by type.
+    pub(crate) async fn list_types(&self) -> Result<Vec<TypeCount>, Error> {
+        match self.call(Request::ListTypes).await? {
+            Response::Types { types, .. } => Ok(types),
+            other => Err(unexpected("ListTypes", other)),
+        }
+    }
+
+    /// Registers `spec` once; what the server granted. `continuity` is that of the
+    /// registration it is for, if any.
+    pub(crate) async fn register_once(
+        &self,
+        spec: &ServiceSpec,
+        continuity: Option<Continuity>,
+    ) -> Result<Registered, Error> {
         let request = Request::Register {
             service_type: spec.service_type.clone(),
             ip: spec.address.ip(),
             port: spec.address.port(),
             metadata: spec.metadata.clone(),
+            ttl: spec.ttl,
         };
-        match self.call(request).await? {
-            Response::Registered { id } => Ok(id),
+        match self.call_with(request, None, continuity).await? {
+            Response::Registered { id, ttl, revision } => Ok(Registered { id, ttl, revision }),
             other => Err(unexpected("Register", other)),
         }
     }
 
-    /// Heartbeats `id`; `NotFound` when the server does not know it.
-    pub(crate) async fn heartbeat(&self, id: Uuid) -> Result<(), Error> {
-        match self.call(Request::Heartbeat { id }).await? {
+    /// Heartbeats `id`; `NotFound` when the server does not know it. With a registration's
+    /// `continuity`, the worker sends its revision as the `min_revision` of its first
+    /// heartbeat on each connection.
+    pub(crate) async fn heartbeat(
+        &self,
+        id: Uuid,
+        continuity: Option<Continuity>,
+    ) -> Result<(), Error> {
+        let request = Request::Heartbeat {
+            id,
+            min_revision: None,
+        };
+        match self.call_with(request, None, continuity).await? {
             Response::Ok => Ok(()),
             other => Err(unexpected("Heartbeat", other)),
         }
@@ -79,9 +117,31 @@ impl Caller {
 
     /// Deregisters `id`; `NotFound` when the server does not know it.
     pub(crate) async fn deregister(&self, id: Uuid) -> Result<(), Error> {
-        match self.call(Request::Deregister { id }).await? {
-            Response::Ok => Ok(()),
+        let request = Request::Deregister {
+            id,
+            min_revision: None,
+        };
+        match self.call(request).await? {
+            Response::Done { .. } => Ok(()),
             other => Err(unexpected("Deregister", other)),
+        }
+    }
+
+    /// Replaces the metadata of `id`; the revision of the change, or `NotFound`.
+    pub(crate) async fn update(
+        &self,
+        id: Uuid,
+        metadata: Metadata,
+        continuity: Option<Continuity>,
+    ) -> Result<Revision, Error> {
+        let request = Request::Update {
+            id,
+            metadata,
+            min_revision: None,
+        };
+        match self.call_with(request, None, continuity).await? {
+            Response::Done { revision } => Ok(revision),
+            other => Err(unexpected("Update", other)),
         }
     }
 
@@ -97,7 +157,7 @@ impl Caller {
     /// Opens a watch: sends its `Watch` request with what the worker needs to deliver its
     /// events, and waits until the watch has started.
     pub(crate) async fn open_watch(&self, request: Request, watch: NewWatch) -> Result<(), Error> {
-        match self.call_with(request, Some(watch)).await? {
+        match self.call_with(request, Some(watch), None).await? {
             Response::Ok => Ok(()),
             other => Err(unexpected("Watch", other)),
         }
@@ -130,19 +190,21 @@ impl Caller {
 
     /// Hands a request to the worker and waits for its outcome.
     async fn call(&self, request: Request) -> Outcome {
-        self.call_with(request, None).await
+        self.call_with(request, None, None).await
     }
 
-    /// Hands a request, and the watch it opens if any, to the worker and waits for its
-    /// outcome.
-    async fn call_with(&self, request: Request, watch: Option<NewWatch>) -> Outcome {
+    /// Hands a request, the watch it opens and the registration it is for, if any, to
+    /// the worker and waits for its outcome.
+    async fn call_with(
+        &self,
+        request: Request,
+        watch: Option<NewWatch>,
+        continuity: Option<Continuity>,
+    ) -> Outcome {
         let (reply, outcome) = oneshot::channel();
-        let call = Call {
-            request,
-            reply,
-            queued_at: Instant::now(),
-            watch,
-        };
+        let mut call = Call::new(request, reply);
+        call.watch = watch;
+        call.continuity = continuity;
         // The worker takes calls as fast as they come unless it is swamped; bound the wait
         // so that a call never hangs past its timeouts. (`timeout` takes a wait too long to
         // be a point in time as no limit.)
@@ -181,10 +243,14 @@ impl fmt::Debug for Caller {
     }
 }
 
-/// An answer that does not fit the request; `NotFound` is the one expected "no".
+/// An answer that does not fit the request; `NotFound` and `Throttled` are the expected
+/// "no"s.
 fn unexpected(request: &'static str, response: Response) -> Error {
     match response {
-        Response::NotFound => Error::NotFound,
+        Response::NotFound { reason } => Error::NotFound { reason },
+        Response::Throttled { retry_after_ms } => Error::Throttled {
+            retry_after: Duration::from_millis(retry_after_ms),
+        },
         other => Error::UnexpectedResponse {
             request,
             response: format!("{other:?}"),

@@ -5,15 +5,21 @@
 //! calls are plain request/answer pairs; [`Client::register`] adds a
 //! [`Registration`] that keeps the instance alive, and [`Client::watch`] and
 //! [`Client::view`] follow a type's changes as the server pushes them.
+//!
+//! The client reads its own writes: every query and watch waits, on whichever server it
+//! goes to, for the latest change this client made (a register, an update, a deregister),
+//! so that a caller that registered an instance finds it even on a server of a cluster
+//! that learns of it a moment later.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_proto::Instance;
+use discovery_proto::{Instance, Metadata, Revision, TypeCount};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::call::Continuity;
 use crate::caller::Caller;
 use crate::config::{
     CALL_BUFFER, ClientConfig, DEFAULT_BACKOFF_MAX, DEFAULT_CONNECT_TIMEOUT,
@@ -21,6 +27,7 @@ use crate::config::{
 };
 use crate::dial::{Dial, Tcp};
 use crate::error::Error;
+use crate::grant::Registered;
 use crate::registration::Registration;
 use crate::spec::ServiceSpec;
 use crate::status::WorkerStatus;
@@ -51,11 +58,13 @@ pub use crate::status::ServerInfo;
 /// use discovery_client::{Client, ServiceSpec};
 ///
 /// let client = Client::builder().address(server_address).build()?;
-/// let id = client
+/// let granted = client
 ///     .register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?))
 ///     .await?;
 /// let billing = client.query("billing").await?;
-/// assert_eq!(billing[0].id, id);
+/// assert_eq!(billing[0].id, granted.id);
+/// let types = client.list_types().await?;
+/// assert_eq!((types[0].service_type.as_str(), types[0].instances), ("billing", 1));
 /// # drop(client);
 /// # stop.cancel();
 /// # server.await??;
@@ -75,53 +84,93 @@ impl Client {
 
     /// Lists the live instances of `service_type`, in no particular order. An answer split
     /// over several frames is joined. An unknown type is an empty list, not an error.
+    ///
+    /// A server that answers `Unavailable` (a server of a cluster cut off from its store)
+    /// is left for the next address, and the query is asked there, within the connect
+    /// timeout.
     pub async fn query(&self, service_type: impl Into<String>) -> Result<Vec<Instance>, Error> {
         self.caller.query(service_type.into()).await
     }
 
-    /// Announces an instance once and returns the id the server made for it.
+    /// Lists every type that has live instances, with how many, sorted by type. An answer
+    /// split over several frames is joined.
+    pub async fn list_types(&self) -> Result<Vec<TypeCount>, Error> {
+        self.caller.list_types().await
+    }
+
+    /// Announces an instance once and returns what the server granted: the id it made for
+    /// it, its TTL, and the revision of the change.
     ///
-    /// Nothing keeps it alive: it lives one TTL unless someone heartbeats it. Services use
-    /// [`Client::register`]; this is for tools and for programs with their own heartbeat
-    /// loop. Registering the same type, ip and port again replaces the older entry.
+    /// Nothing keeps it alive: it lives one TTL (the spec's, or the server's) unless
+    /// someone heartbeats it. Services use [`Client::register`]; this is for tools and for
+    /// programs with their own heartbeat loop. Registering the same type, ip and port again
+    /// replaces the older entry.
     ///
     /// Fails with [`Error::Rejected`] when the server refuses the spec (an invalid type,
-    /// address or metadata, or a full registry).
-    pub async fn register_once(&self, spec: &ServiceSpec) -> Result<Uuid, Error> {
-        self.caller.register_once(spec).await
+    /// address, metadata or TTL, or a full registry), and with [`Error::Throttled`] when a
+    /// rate limit refuses it for now.
+    pub async fn register_once(&self, spec: &ServiceSpec) -> Result<Registered, Error> {
+        self.caller.register_once(spec, None).await
     }
 
     /// Announces an instance and keeps it alive until the returned [`Registration`] is
     /// shut down or dropped.
     ///
-    /// This first registration is made before the call returns, so a refused spec or an
-    /// unreachable server is an error here; once it has succeeded, the registration never
-    /// gives up (see [`Registration`]).
+    /// This first registration is made before the call returns, so a refused spec, a
+    /// throttled register or an unreachable server is an error here; once it has
+    /// succeeded, the registration never gives up, unless another register takes its
+    /// endpoint (see [`Registration`]).
     pub async fn register(&self, spec: ServiceSpec) -> Result<Registration, Error> {
-        let id = self.caller.register_once(&spec).await?;
-        Ok(Registration::start(self.caller.clone(), spec, id))
+        let continuity = Continuity::new(None);
+        let granted = self
+            .caller
+            .register_once(&spec, Some(continuity.clone()))
+            .await?;
+        let continuity = continuity.at(granted.revision);
+        Ok(Registration::start(
+            self.caller.clone(),
+            spec,
+            granted,
+            continuity,
+        ))
     }
 
-    /// Keeps an instance alive for another TTL.
+    /// Keeps an instance alive for another TTL (its own).
     ///
-    /// Fails with [`Error::NotFound`] when the server does not know the id (it expired or
-    /// was deregistered): the instance must be registered again, under a new id.
+    /// Fails with [`Error::NotFound`] when the server does not know the id; its `reason`
+    /// says why when the server remembers: it expired or was deregistered (register it
+    /// again, under a new id), or another register of the same endpoint replaced it.
     pub async fn heartbeat(&self, id: Uuid) -> Result<(), Error> {
-        self.caller.heartbeat(id).await
+        self.caller.heartbeat(id, None).await
     }
 
     /// Removes an instance at once, so that no query lists it any more.
     ///
-    /// Fails with [`Error::NotFound`] when the server does not know the id; either way, the
-    /// instance is not listed afterwards.
+    /// Fails with [`Error::NotFound`] when the server does not know the id (with the
+    /// reason, as for [`Client::heartbeat`]); either way, the instance is not listed
+    /// afterwards.
     pub async fn deregister(&self, id: Uuid) -> Result<(), Error> {
         self.caller.deregister(id).await
     }
 
+    /// Replaces the metadata of an instance with `metadata` (pairs not in it are gone),
+    /// keeping its id and its liveness: an update is not a heartbeat. Watchers of the type
+    /// receive [`WatchEvent::Updated`](crate::WatchEvent::Updated). Returns the revision
+    /// of the change.
+    ///
+    /// Fails with [`Error::NotFound`] (and its reason) when the server does not know the
+    /// id, and with [`Error::Rejected`] when it refuses the metadata. A
+    /// [`Registration`] has its own [`Registration::set_metadata`], which also makes the
+    /// new metadata the one it registers again with.
+    pub async fn update(&self, id: Uuid, metadata: Metadata) -> Result<Revision, Error> {
+        self.caller.update(id, metadata, None).await
+    }
+
     /// Follows the changes of `service_type`: the returned [`Watch`] is a stream whose
     /// first event is a [`WatchEvent::Snapshot`](crate::WatchEvent::Snapshot) of the live
-    /// instances, followed by every [`Added`](crate::WatchEvent::Added) and
-    /// [`Removed`](crate::WatchEvent::Removed) as they happen.
+    /// instances, followed by every [`Added`](crate::WatchEvent::Added),
+    /// [`Updated`](crate::WatchEvent::Updated) and [`Removed`](crate::WatchEvent::Removed)
+    /// as they happen.
     ///
     /// Returns once the server has accepted the watch and its snapshot is in the stream, so
     /// a failure to start is an error here, like any call's: [`Error::Unreachable`] when
@@ -151,6 +200,7 @@ impl Client {
     ///             # break;
     ///         }
     ///         WatchEvent::Added { instance, .. } => println!("+ {}", instance.id),
+    ///         WatchEvent::Updated { instance, .. } => println!("~ {}", instance.id),
     ///         WatchEvent::Removed { instance, reason, .. } => println!("- {} ({reason:?})", instance.id),
     ///         other => println!("{other:?}"),
     ///     }
@@ -187,7 +237,8 @@ impl Client {
         self.caller.server_info()
     }
 
-    /// The TTL of the current or last server; `None` before the first connection.
+    /// The TTL of the current or last server, which an instance registered without a TTL
+    /// of its own gets; `None` before the first connection.
     pub fn ttl(&self) -> Option<Duration> {
         self.caller.ttl()
     }

@@ -90,7 +90,7 @@ mod tests {
             Some(WatchEvent::Snapshot { .. })
         ));
         let spec = ServiceSpec::new("billing", "127.0.0.1:8080".parse().unwrap());
-        let id = client.register_once(&spec).await.unwrap();
+        let id = client.register_once(&spec).await.unwrap().id;
         match watch.recv().await {
             Some(WatchEvent::Added { instance, .. }) => assert_eq!(instance.id, id),
             other => panic!("{other:?}"),

@@ -1,10 +1,12 @@
 //! The error type of the client: why a call failed, in a form a program can act on.
 //!
 //! Every call returns [`Error`]. Programs branch on its predicates rather than on its
-//! variants, which may grow: [`Error::is_not_found`] (register again),
+//! variants, which may grow: [`Error::is_not_found`] (register again, unless
+//! [`Error::not_found_reason`] says another register replaced the instance),
 //! [`Error::is_connection`] (no server could carry the call: retry later),
-//! [`Error::is_timeout`] (a server took too long), [`Error::is_rejected`] (the server
-//! refused the request, with its [`ErrorKind`] and message).
+//! [`Error::is_timeout`] (a server took too long), [`Error::is_throttled`] (a rate limit:
+//! retry after [`Error::retry_after`]), [`Error::is_rejected`] (the server refused the
+//! request, with its [`ErrorKind`] and message).
 //!
 //! The error is `Clone`, because one failed connection attempt is the answer to every call
 //! that was waiting for it; sources that are not `Clone` themselves are kept behind an `Arc`.
@@ -13,7 +15,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovery_proto::ErrorKind;
+use discovery_proto::{ErrorKind, RemoveReason};
 
 use crate::config::ServerAddress;
 
@@ -21,10 +23,25 @@ use crate::config::ServerAddress;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The server does not know the instance: it never existed, expired, or was
-    /// deregistered. Whoever owns it must register it again.
-    #[error("the server does not know this instance (unknown, expired or deregistered)")]
-    NotFound,
+    /// The server does not know the instance: it never existed, expired, was deregistered,
+    /// or another register of the same type and endpoint replaced it. Whoever owns it must
+    /// register it again, unless it was replaced: then another process announces that
+    /// endpoint now, and registering again would take it back from that process.
+    #[error("the server does not know this instance{}", describe_reason(*reason))]
+    NotFound {
+        /// Why the instance is gone, when the server still remembers it (it does for a
+        /// while after the removal); `None` when it does not know the id at all.
+        reason: Option<RemoveReason>,
+    },
+
+    /// A rate limit of the server refused the request; nothing changed, and the same
+    /// request may succeed after `retry_after`. A [`Registration`](crate::Registration)
+    /// waits that long and registers again on its own.
+    #[error("the server is rate-limiting this client; retry after {retry_after:?}")]
+    Throttled {
+        /// How long the server asks the client to wait before sending it again.
+        retry_after: Duration,
+    },
 
     /// The server understood the request and refused it. The connection goes on unless
     /// `kind.closes_connection()`.
@@ -117,9 +134,48 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when the server does not know the instance: it must be registered again.
+    /// True when the server does not know the instance: it must be registered again
+    /// (unless it was replaced, see [`Error::not_found_reason`]).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound)
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// Why the instance is gone, for [`Error::NotFound`] when the server remembers;
+    /// `None` for any other error or when it does not.
+    pub fn not_found_reason(&self) -> Option<RemoveReason> {
+        match self {
+            Error::NotFound { reason } => *reason,
+            _ => None,
+        }
+    }
+
+    /// True when the instance is gone because another register of the same type, ip and
+    /// port replaced it: someone else announces that endpoint now.
+    pub fn is_replaced(&self) -> bool {
+        self.not_found_reason() == Some(RemoveReason::Replaced)
+    }
+
+    /// True when a rate limit refused the request (see [`Error::Throttled`]).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, Error::Throttled { .. })
+    }
+
+    /// How long to wait before trying again, for [`Error::Throttled`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Throttled { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// True when a server answered that it cannot serve the request now
+    /// ([`ErrorKind::Unavailable`]: a server of a cluster cut off from its store). The
+    /// client has moved on to the next server already; a request that is safe to repeat
+    /// (a query, a watch, a heartbeat) was tried there within its time, so this is what
+    /// it gets only when no server could carry it, or for a change (a register, an update,
+    /// a deregister), which is not sent twice.
+    pub fn is_unavailable(&self) -> bool {
+        self.kind() == Some(ErrorKind::Unavailable)
     }
 
     /// True when the call failed for want of a working connection: no server reachable
@@ -160,6 +216,18 @@ impl From<discovery_proto::Error> for Error {
     }
 }
 
+/// The tail of [`Error::NotFound`]'s message: the reason, when known.
+fn describe_reason(reason: Option<RemoveReason>) -> &'static str {
+    match reason {
+        Some(RemoveReason::Expired) => " (it expired)",
+        Some(RemoveReason::Deregistered) => " (it was deregistered)",
+        Some(RemoveReason::Replaced) => {
+            " (another register of the same type and endpoint replaced it)"
+        }
+        None => " (unknown, expired or deregistered)",
+    }
+}
+
 /// The tail of [`Error::Unreachable`]'s message: the last attempt's failure, if any.
 fn describe_last(last: Option<&Error>) -> String {
     match last {
@@ -193,7 +261,26 @@ mod tests {
         assert_eq!(rejected.kind(), Some(ErrorKind::InvalidPort));
         assert!(!rejected.is_connection());
 
-        assert!(Error::NotFound.is_not_found());
+        let gone = Error::NotFound { reason: None };
+        assert!(gone.is_not_found());
+        assert!(!gone.is_replaced());
+        let replaced = Error::NotFound {
+            reason: Some(RemoveReason::Replaced),
+        };
+        assert!(replaced.is_not_found() && replaced.is_replaced());
+        assert!(replaced.to_string().contains("replaced"), "{replaced}");
+
+        let throttled = Error::Throttled {
+            retry_after: Duration::from_millis(250),
+        };
+        assert!(throttled.is_throttled() && !throttled.is_rejected());
+        assert_eq!(throttled.retry_after(), Some(Duration::from_millis(250)));
+
+        let unavailable = Error::Rejected {
+            kind: ErrorKind::Unavailable,
+            message: "cut off from the store".into(),
+        };
+        assert!(unavailable.is_unavailable() && unavailable.is_rejected());
         assert!(
             Error::Timeout {
                 after: Duration::from_secs(5)

@@ -11,8 +11,9 @@ use discovery_proto::{Instance, RemoveReason, Revision};
 /// One thing that happened to a watched type, or to the watch itself.
 ///
 /// The first event of a watch is always a `Snapshot`. A consumer that keeps a list of
-/// instances replaces it on every `Snapshot`, inserts on `Added` and removes on `Removed`;
-/// the other events say how current that list is. Revisions of the events that carry one
+/// instances replaces it on every `Snapshot`, inserts on `Added`, replaces the entry of the
+/// same id on `Updated` and removes on `Removed`; the other events say how current that
+/// list is. Revisions of the events that carry one
 /// only grow, except that a `Snapshot` with `reset: true` may start from any revision (it
 /// may come from another server, or from a restarted one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,14 @@ pub enum WatchEvent {
         /// The new instance.
         instance: Instance,
     },
+    /// An instance changed its metadata in place: same id, same endpoint, same liveness.
+    /// It replaces the instance of the same id.
+    Updated {
+        /// The type's revision after this change.
+        revision: Revision,
+        /// The whole instance after the change.
+        instance: Instance,
+    },
     /// An instance is gone.
     Removed {
         /// The type's revision after this change.
@@ -56,7 +65,7 @@ pub enum WatchEvent {
     },
     /// The watch is current again after a `Disconnected`: the server still held the
     /// changes made since `revision` (the last one the consumer was given), and they follow
-    /// as `Added` and `Removed` events.
+    /// as `Added`, `Updated` and `Removed` events.
     Resumed {
         /// The revision the watch resumed from.
         revision: Revision,
@@ -73,6 +82,7 @@ impl WatchEvent {
         match self {
             WatchEvent::Snapshot { revision, .. }
             | WatchEvent::Added { revision, .. }
+            | WatchEvent::Updated { revision, .. }
             | WatchEvent::Removed { revision, .. }
             | WatchEvent::Resumed { revision } => Some(*revision),
             WatchEvent::Disconnected { .. } | WatchEvent::Lagged => None,

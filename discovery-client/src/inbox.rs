@@ -4,7 +4,8 @@
 //! The one rule of order lives here: the watch controls sent before a call are applied
 //! before the call is queued, so that a watch dropped before a new `watch()` is unwatched
 //! on the wire before the new `Watch` goes out (and a new watch does not hit the server's
-//! limit because of one that is gone).
+//! limit because of one that is gone). Calls a server answered `Unavailable` come back to
+//! the front of the queue, ahead of the calls made after them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -80,6 +81,14 @@ impl Inbox {
         self.queue.push_back(call);
     }
 
+    /// Puts calls a server could not serve back at the front of the queue, in their
+    /// order, to be written on the next connection.
+    pub(crate) fn requeue(&mut self, calls: Vec<Call>) {
+        for call in calls.into_iter().rev() {
+            self.queue.push_front(call);
+        }
+    }
+
     /// True when no call waits to be written.
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
@@ -103,7 +112,8 @@ impl Inbox {
     }
 
     /// Fails the calls that have waited `waited` for a connection with
-    /// [`Error::Unreachable`], giving `last` as the latest failure.
+    /// [`Error::Unreachable`], giving `last` as the latest failure; a call that a server
+    /// refused as `Unavailable` gets that refusal instead.
     pub(crate) fn give_up_waiting(&mut self, waited: Duration, last: Option<Arc<Error>>) {
         let now = Instant::now();
         let (expired, waiting): (VecDeque<Call>, VecDeque<Call>) = std::mem::take(&mut self.queue)
@@ -111,10 +121,13 @@ impl Inbox {
             .partition(|call| deadline::has_passed(call.queued_at, waited, now));
         self.queue = waiting;
         for call in expired {
-            let error = Error::Unreachable {
-                waited,
-                last: last.clone(),
-            };
+            let error = call.refused.map_or_else(
+                || Error::Unreachable {
+                    waited,
+                    last: last.clone(),
+                },
+                |refused| *refused,
+            );
             // The caller may have gone; then nobody needs the answer.
             let _ = call.reply.send(Err(error));
         }

@@ -7,6 +7,16 @@
 //! requests in flight, times out the oldest request, and checks a silent connection that
 //! carries watches with a `Ping`.
 //!
+//! Two answers make it leave a server that is still up: a refusal that closes the
+//! connection (`ShuttingDown`), and `Unavailable`, from a server of a cluster that cannot
+//! serve now. Either way nothing more is written on the connection; what is on the wire is
+//! read, then the session ends and the worker connects to the next address. The calls a
+//! server answered `Unavailable` and may be repeated go back to the worker's queue.
+//!
+//! A frame that does not decode (a newer server's answer of a kind this client does not
+//! know, say) fails the request whose id its first bytes give, or reopens the watch it
+//! belongs to, and the connection goes on; only a frame without a readable id ends it.
+//!
 //! The stream is split into a read half and a write half that make progress independently
 //! inside one `select!`: a writer blocked on a full socket while the server is blocked
 //! writing answers the worker does not read would deadlock both.
@@ -31,10 +41,10 @@ use crate::config::{MAX_IN_FLIGHT, ServerAddress, WATCH_KEEPALIVE};
 use crate::deadline;
 use crate::dial::{Dial, Dialed};
 use crate::error::Error;
-use crate::in_flight::{Frames, InFlight, Matched, closing_reason};
+use crate::in_flight::{Again, Frames, InFlight, Matched, closing_reason};
 use crate::inbox::{Inbox, Input};
 use crate::status::ServerInfo;
-use crate::watches::{Outbox, WatchTable};
+use crate::watches::{Outbox, WatchFrame, WatchTable};
 
 /// An established connection, after `Welcome`.
 #[derive(Debug)]
@@ -121,6 +131,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 Response::Welcome {
                     protocol_version,
                     ttl,
+                    min_ttl,
+                    max_ttl,
+                    idle_timeout,
+                    frame_timeout,
                     limits,
                 } if frame.request_id == hello_id => {
                     let info = ServerInfo {
@@ -128,6 +142,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                         peer,
                         protocol_version,
                         ttl,
+                        min_ttl,
+                        max_ttl,
+                        idle_timeout,
+                        frame_timeout,
                         limits,
                     };
                     Ok(Session {
@@ -175,6 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         info!(address = %info.address, peer = %info.peer, ttl = ?info.ttl, "connected to discovery server");
         let address = info.address;
 
+        in_flight.new_connection();
         let (frames, to_write) = mpsc::unbounded_channel();
         let write_all = write_frames(writer, to_write);
         tokio::pin!(write_all);
@@ -277,13 +296,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
 }
 
 impl Serving<'_> {
-    /// Writes queued calls while the in-flight window has room.
+    /// Writes queued calls while the in-flight window has room, each stamped with the
+    /// `min_revision` it carries on this connection.
     fn write_queued(&mut self) {
         while self.in_flight.len() < MAX_IN_FLIGHT {
-            let Some(call) = self.inbox.next_to_write() else {
+            let Some(mut call) = self.inbox.next_to_write() else {
                 return;
             };
             let id = self.in_flight.take_id();
+            self.in_flight
+                .stamp(&mut call.request, call.continuity.as_ref());
+            let again = Again::of(&call);
             let frame = ClientFrame::new(id, call.request);
             let len = encoding::encoded_len(&frame);
             if len > self.max_frame_bytes {
@@ -298,12 +321,23 @@ impl Serving<'_> {
             if let Some(watch) = call.watch {
                 self.watches.open(id, watch);
             }
-            self.in_flight.push(id, Some(call.reply));
+            self.in_flight.push(id, Some(call.reply), again);
         }
     }
 
     /// Handles one frame from the server; true when it completed a request.
     fn on_frame(&mut self, frame: ServerFrame) -> bool {
+        let completed = self.route(frame);
+        // Calls the server could not serve wait for the next connection.
+        let retries = self.in_flight.take_retries();
+        if !retries.is_empty() {
+            self.inbox.requeue(retries);
+        }
+        completed
+    }
+
+    /// Hands a frame to whatever it belongs to; true when it completed a request.
+    fn route(&mut self, frame: ServerFrame) -> bool {
         if frame.request_id == SERVER_REQUEST_ID {
             match frame.response {
                 Response::Error { kind, message } => {
@@ -322,13 +356,20 @@ impl Serving<'_> {
         }
         if self.watches.owns(frame.request_id) {
             let mut out = self.in_flight.outbox(Some(&self.frames));
-            let answered = self
+            return match self
                 .watches
-                .on_frame(frame.request_id, frame.response, &mut out);
-            if answered {
-                self.worked = true;
-            }
-            return answered;
+                .on_frame(frame.request_id, frame.response, &mut out)
+            {
+                WatchFrame::Pushed => false,
+                WatchFrame::Answered => {
+                    self.worked = true;
+                    true
+                }
+                WatchFrame::Unavailable { message } => {
+                    self.leave_unavailable(&message);
+                    false
+                }
+            };
         }
         match self.in_flight.on_response(frame.request_id, frame.response) {
             Matched::Unknown => {
@@ -352,12 +393,29 @@ impl Serving<'_> {
                 }
                 true
             }
+            Matched::Unavailable { message } => {
+                self.leave_unavailable(&message);
+                // Not an answer that proves the server serves: a round of servers that
+                // all answer so is backed off like a round that cannot be reached.
+                false
+            }
         }
     }
 
-    /// A frame that did not decode (a newer server's unknown answer, say). Its request
-    /// fails and the connection goes on when its id could be read; otherwise nothing can be
-    /// matched any more and the connection ends with the returned reason.
+    /// The server cannot serve now: write nothing more here, read what is on the wire,
+    /// then move on to the next server.
+    fn leave_unavailable(&mut self, message: &str) {
+        if self.closing.is_none() {
+            info!(%message, "discovery server cannot serve now; moving on to the next one");
+            self.closing = Some(format!("the server cannot serve now ({message})"));
+        }
+    }
+
+    /// A frame that did not decode (a newer server's answer of a kind this client does not
+    /// know, say). When its id could be read, the request of that id fails with a protocol
+    /// error (the watch of that id is opened again) and the connection goes on: the length
+    /// prefix keeps the stream in step. Without an id, nothing can be matched any more and
+    /// the connection ends with the returned reason.
     fn on_undecodable(&mut self, error: discovery_proto::Error) -> Option<String> {
         match error.request_id() {
             Some(id) if self.watches.owns(id) => {
@@ -366,12 +424,14 @@ impl Serving<'_> {
                 None
             }
             Some(id) => {
-                let reason = format!("undecodable frame from the server: {error}");
-                if self.in_flight.finish(id, Err(error.into())) {
-                    None
-                } else {
-                    Some(reason)
+                warn!(request_id = id, %error, "undecodable frame from the server; its request fails");
+                if !self.in_flight.finish(id, Err(error.into())) {
+                    debug!(
+                        request_id = id,
+                        "the undecodable frame answers no pending request"
+                    );
                 }
+                None
             }
             None => Some(format!("undecodable frame from the server: {error}")),
         }
@@ -403,5 +463,391 @@ fn handshake_error(address: &ServerAddress, error: discovery_proto::Error) -> Er
             source: Arc::new(source),
         },
         other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use discovery_proto::{ErrorKind, Instance, Request, Response, TypeCount};
+    use tokio::time::Instant;
+
+    use crate::testing::ScriptServer;
+    use crate::testing::script::{entry, metadata, revision};
+    use crate::{Client, Error, ServiceSpec, WatchEvent};
+
+    const TTL: Duration = Duration::from_secs(5);
+
+    fn unavailable() -> Response {
+        Response::Error {
+            kind: ErrorKind::Unavailable,
+            message: "cut off from the store".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_answer_in_compact_parts_is_rebuilt_whole() {
+        let mut servers = ScriptServer::new(&["a"]);
+        let client = servers.client(Client::builder());
+        let query = tokio::spawn({
+            let client = client.clone();
+            async move { client.query("billing").await }
+        });
+        let mut peer = servers.accept_welcomed("a", TTL).await;
+        let frame = peer.recv().await;
+        assert_eq!(
+            frame.request,
+            Request::Query {
+                service_type: "billing".into(),
+                min_revision: None
+            }
+        );
+        let (first, second) = (entry(8080, &[("version", "1")]), entry(8081, &[]));
+        for (part, more) in [(first.clone(), true), (second.clone(), false)] {
+            let answer = Response::Instances {
+                service_type: "billing".into(),
+                stale_ms: None,
+                instances: vec![part],
+                more,
+            };
+            peer.send(frame.request_id, answer).await;
+        }
+        let instances = query.await.unwrap().unwrap();
+        assert_eq!(
+            instances,
+            [
+                Instance::from_entry("billing", first),
+                Instance::from_entry("billing", second)
+            ]
+        );
+        assert_eq!(instances[0].service_type, "billing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_carry_the_revision_of_the_clients_latest_write() {
+        let mut servers = ScriptServer::new(&["a"]);
+        let client = servers.client(Client::builder());
+        let peer = {
+            let ping = tokio::spawn({
+                let client = client.clone();
+                async move { client.ping().await }
+            });
+            let mut peer = servers.accept_welcomed("a", TTL).await;
+            let frame = peer.recv().await;
+            peer.send(frame.request_id, Response::Pong).await;
+            ping.await.unwrap().unwrap();
+            peer
+        };
+        let id = uuid::Uuid::new_v4();
+        let log = peer.serve(move |frame| match &frame.request {
+            Request::Register { .. } => vec![Response::Registered {
+                id,
+                ttl: TTL,
+                revision: revision(4),
+            }],
+            Request::Deregister { .. } => vec![Response::Done {
+                revision: revision(6),
+            }],
+            Request::Query { service_type, .. } => vec![Response::Instances {
+                service_type: service_type.clone(),
+                stale_ms: None,
+                instances: Vec::new(),
+                more: false,
+            }],
+            Request::ListTypes => vec![
+                Response::Types {
+                    types: vec![TypeCount {
+                        service_type: "a".into(),
+                        instances: 1,
+                    }],
+                    more: true,
+                },
+                Response::Types {
+                    types: vec![TypeCount {
+                        service_type: "b".into(),
+                        instances: 2,
+                    }],
+                    more: false,
+                },
+            ],
+            _ => Vec::new(),
+        });
+
+        client.query("billing").await.unwrap();
+        let spec = ServiceSpec::new("billing", "127.0.0.1:8080".parse().unwrap());
+        let granted = client.register_once(&spec).await.unwrap();
+        assert_eq!((granted.id, granted.revision), (id, revision(4)));
+        client.query("billing").await.unwrap();
+        let types = client.list_types().await.unwrap();
+        let names: Vec<(&str, u64)> = types
+            .iter()
+            .map(|count| (count.service_type.as_str(), count.instances))
+            .collect();
+        assert_eq!(names, [("a", 1), ("b", 2)]);
+        client.deregister(id).await.unwrap();
+        client.query("billing").await.unwrap();
+
+        let stamps: Vec<Option<_>> = log
+            .frames()
+            .into_iter()
+            .filter(|(_, frame)| {
+                matches!(
+                    frame.request,
+                    Request::Query { .. } | Request::Deregister { .. }
+                )
+            })
+            .map(|(_, frame)| frame.request.min_revision())
+            .collect();
+        assert_eq!(
+            stamps,
+            [
+                None,
+                Some(revision(4)),
+                Some(revision(4)),
+                Some(revision(6))
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_undecodable_answer_fails_its_request_and_the_connection_goes_on() {
+        let mut servers = ScriptServer::new(&["a"]);
+        let client = servers.client(Client::builder());
+        let query = tokio::spawn({
+            let client = client.clone();
+            async move { client.query("billing").await }
+        });
+        let mut peer = servers.accept_welcomed("a", TTL).await;
+        let frame = peer.recv().await;
+        // The request's id, then a variant no version of `Response` has.
+        let id = u8::try_from(frame.request_id).unwrap();
+        peer.send_raw(&[id, 200]).await;
+        let error = query.await.unwrap().unwrap_err();
+        assert!(matches!(error, Error::Protocol(_)), "{error:?}");
+
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        let frame = peer.recv().await;
+        assert_eq!(frame.request, Request::Ping);
+        peer.send(frame.request_id, Response::Pong).await;
+        ping.await.unwrap().unwrap();
+        assert_eq!(servers.dials(), 1, "on the same connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_without_a_readable_id_ends_the_connection() {
+        let mut servers = ScriptServer::new(&["a"]);
+        let client = servers.client(Client::builder());
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        let mut peer = servers.accept_welcomed("a", TTL).await;
+        let frame = peer.recv().await;
+        // 0xff starts no varint: nothing of the frame can be matched.
+        peer.send_raw(&[0xff]).await;
+        assert!(peer.try_recv().await.is_none(), "the client hung up");
+        let error = ping.await.unwrap().unwrap_err();
+        assert!(error.is_connection(), "{error:?}");
+        drop(frame);
+
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        let mut peer = servers.accept_welcomed("a", TTL).await;
+        let frame = peer.recv().await;
+        peer.send(frame.request_id, Response::Pong).await;
+        ping.await.unwrap().unwrap();
+        assert_eq!(servers.dials(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_undecodable_frame_of_a_watch_reopens_it_from_its_last_revision() {
+        let mut servers = ScriptServer::new(&["a"]);
+        let client = servers.client(Client::builder());
+        let opening = tokio::spawn({
+            let client = client.clone();
+            async move { client.watch("billing").await }
+        });
+        let mut peer = servers.accept_welcomed("a", TTL).await;
+        let watch = peer.recv().await;
+        let present = entry(8080, &[]);
+        let snapshot = Response::Snapshot {
+            revision: revision(5),
+            reset: false,
+            instances: vec![present.clone()],
+            more: false,
+        };
+        peer.send(watch.request_id, snapshot).await;
+        let mut events = opening.await.unwrap().unwrap();
+        match events.recv().await {
+            Some(WatchEvent::Snapshot {
+                revision: at,
+                instances,
+                reset: false,
+            }) => {
+                assert_eq!(at, revision(5));
+                assert_eq!(instances, [Instance::from_entry("billing", present)]);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A push of a kind this client does not know: the watch resumes from revision 5.
+        peer.send_raw(&[u8::try_from(watch.request_id).unwrap(), 200])
+            .await;
+        let unwatch = peer.recv().await;
+        assert_eq!(
+            unwatch.request,
+            Request::Unwatch {
+                watch: watch.request_id
+            }
+        );
+        peer.send(unwatch.request_id, Response::Ok).await;
+        let again = peer.recv().await;
+        let Request::Watch {
+            since,
+            service_type,
+            ..
+        } = &again.request
+        else {
+            panic!("{again:?}");
+        };
+        assert_eq!(
+            (service_type.as_str(), *since),
+            ("billing", Some(revision(5)))
+        );
+        peer.send(
+            again.request_id,
+            Response::Resumed {
+                revision: revision(5),
+            },
+        )
+        .await;
+        assert_eq!(
+            events.recv().await,
+            Some(WatchEvent::Resumed {
+                revision: revision(5)
+            })
+        );
+
+        // The same frame again before any progress: resuming would bring it back once
+        // more, so the watch starts afresh.
+        peer.send_raw(&[u8::try_from(again.request_id).unwrap(), 200])
+            .await;
+        let unwatch = peer.recv().await;
+        peer.send(unwatch.request_id, Response::Ok).await;
+        let afresh = peer.recv().await;
+        assert!(
+            matches!(afresh.request, Request::Watch { since: None, .. }),
+            "{afresh:?}"
+        );
+        let reset = Response::Snapshot {
+            revision: revision(7),
+            reset: false,
+            instances: Vec::new(),
+            more: false,
+        };
+        peer.send(afresh.request_id, reset).await;
+        assert!(matches!(
+            events.recv().await,
+            Some(WatchEvent::Snapshot { reset: true, .. })
+        ));
+        assert_eq!(servers.dials(), 1, "all on one connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_a_server_cannot_serve_is_asked_of_the_next_one() {
+        let mut servers = ScriptServer::new(&["a", "b"]);
+        let client = servers.client(Client::builder());
+        let query = tokio::spawn({
+            let client = client.clone();
+            async move { client.query("billing").await }
+        });
+        let mut peer_a = servers.accept_welcomed("a", TTL).await;
+        let frame = peer_a.recv().await;
+        peer_a.send(frame.request_id, unavailable()).await;
+        assert!(peer_a.try_recv().await.is_none(), "the client left a");
+
+        let mut peer_b = servers.accept_welcomed("b", TTL).await;
+        let frame = peer_b.recv().await;
+        assert!(matches!(frame.request, Request::Query { .. }));
+        let present = entry(8080, &[]);
+        let answer = Response::Instances {
+            service_type: "billing".into(),
+            stale_ms: None,
+            instances: vec![present.clone()],
+            more: false,
+        };
+        peer_b.send(frame.request_id, answer).await;
+        let instances = query.await.unwrap().unwrap();
+        assert_eq!(instances, [Instance::from_entry("billing", present)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_a_server_cannot_serve_is_not_sent_again() {
+        let mut servers = ScriptServer::new(&["a", "b"]);
+        let client = servers.client(Client::builder());
+        let update = tokio::spawn({
+            let client = client.clone();
+            async move {
+                let id = uuid::Uuid::new_v4();
+                client.update(id, metadata(&[("v", "2")])).await
+            }
+        });
+        let mut peer_a = servers.accept_welcomed("a", TTL).await;
+        let frame = peer_a.recv().await;
+        assert!(matches!(frame.request, Request::Update { .. }));
+        peer_a.send(frame.request_id, unavailable()).await;
+        let error = update.await.unwrap().unwrap_err();
+        assert!(error.is_unavailable(), "{error:?}");
+        assert!(peer_a.try_recv().await.is_none(), "the client left a");
+
+        // The next call goes to the next server; the update was not resent.
+        let ping = tokio::spawn({
+            let client = client.clone();
+            async move { client.ping().await }
+        });
+        let mut peer_b = servers.accept_welcomed("b", TTL).await;
+        let frame = peer_b.recv().await;
+        assert_eq!(frame.request, Request::Ping);
+        peer_b.send(frame.request_id, Response::Pong).await;
+        ping.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_no_server_can_serve_fails_with_the_refusal_within_the_connect_timeout() {
+        let mut servers = ScriptServer::new(&["a", "b"]);
+        let timeout = Duration::from_secs(1);
+        let client = servers.client(Client::builder().connect_timeout(timeout));
+        let started = Instant::now();
+        let query = tokio::spawn({
+            let client = client.clone();
+            async move { client.query("billing").await }
+        });
+        let refusing = tokio::spawn(async move {
+            loop {
+                let mut peer = servers.accept_any().await;
+                peer.welcome(TTL).await;
+                let _log = peer.serve(|_| vec![unavailable()]);
+                if servers.dials() > 50 {
+                    return servers.dials();
+                }
+            }
+        });
+        let error = query.await.unwrap().unwrap_err();
+        assert!(error.is_unavailable(), "{error:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= timeout && took <= timeout + Duration::from_millis(10),
+            "{took:?}"
+        );
+        // A round of servers that all refuse is backed off like one that cannot be
+        // reached: a few attempts a second, not a busy loop.
+        assert!(!refusing.is_finished(), "no busy loop");
+        refusing.abort();
     }
 }

@@ -22,9 +22,22 @@ pub struct ServerInfo {
     pub peer: SocketAddr,
     /// The protocol version the server speaks.
     pub protocol_version: u16,
-    /// How long an instance stays live without a heartbeat on that server; a
-    /// [`Registration`](crate::Registration) heartbeats at a third of it.
+    /// How long an instance registered without a TTL of its own stays live without a
+    /// heartbeat on that server. A [`Registration`](crate::Registration) heartbeats at a
+    /// third of the TTL its register was granted, which is this one unless its
+    /// [`ServiceSpec::ttl`](crate::ServiceSpec::ttl) asked for another.
     pub ttl: Duration,
+    /// The shortest TTL a register may ask for there.
+    pub min_ttl: Duration,
+    /// The longest TTL a register may ask for there.
+    pub max_ttl: Duration,
+    /// How long the server lets a connection go without a frame from the client before it
+    /// closes it (a connection that carries watches excepted). The client connects again
+    /// when it next has something to send, so this costs an idle client nothing.
+    pub idle_timeout: Duration,
+    /// How long the server gives a client to finish a frame once it has begun, and to read
+    /// what the server writes.
+    pub frame_timeout: Duration,
     /// The limits the server enforces, to check a request against before sending it.
     pub limits: Limits,
 }

@@ -228,6 +228,11 @@ impl Follower {
                 self.instances.insert(instance.id, instance);
                 true
             }
+            WatchEvent::Updated { revision, instance } => {
+                self.revision = revision;
+                self.instances.insert(instance.id, instance);
+                true
+            }
             WatchEvent::Removed {
                 revision, instance, ..
             } => {
@@ -258,5 +263,57 @@ impl Follower {
 
     fn list(&self) -> Arc<[Instance]> {
         self.instances.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use discovery_proto::{Instance, Request, Response};
+
+    use crate::testing::ScriptServer;
+    use crate::testing::script::{entry, metadata, revision};
+    use crate::{Client, ViewStatus};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_view_applies_an_update_in_place() {
+        let mut servers = ScriptServer::new(&["a"]);
+        let client = servers.client(Client::builder());
+        let opening = tokio::spawn({
+            let client = client.clone();
+            async move { client.view("billing").await }
+        });
+        let mut peer = servers.accept_welcomed("a", Duration::from_secs(5)).await;
+        let watch = peer.recv().await;
+        assert!(matches!(watch.request, Request::Watch { .. }));
+        let present = entry(8080, &[("version", "1")]);
+        let other = entry(8081, &[]);
+        let snapshot = Response::Snapshot {
+            revision: revision(1),
+            reset: false,
+            instances: vec![present.clone(), other.clone()],
+            more: false,
+        };
+        peer.send(watch.request_id, snapshot).await;
+        let mut view = opening.await.unwrap().unwrap();
+        assert_eq!(view.instances().len(), 2);
+        assert!(view.instances().iter().all(|i| i.service_type == "billing"));
+
+        let mut updated = Instance::from_entry("billing", present.clone());
+        updated.metadata = metadata(&[("version", "2")]);
+        let push = Response::Updated {
+            revision: revision(2),
+            instance: updated.clone(),
+        };
+        peer.send(watch.request_id, push).await;
+        view.changed().await.unwrap();
+        assert_eq!(view.revision(), revision(2));
+        assert_eq!(view.status(), ViewStatus::Current);
+        let instances = view.instances();
+        assert_eq!(instances.len(), 2, "replaced, not added");
+        let found = instances.iter().find(|i| i.id == present.id).unwrap();
+        assert_eq!(found, &updated);
+        assert!(instances.iter().any(|i| i.id == other.id));
     }
 }

@@ -2,8 +2,9 @@
 //! [`WatchEvent`]s that survives reconnections.
 //!
 //! A watch starts with a [`WatchEvent::Snapshot`] of the type's live instances, then
-//! reports every change as [`WatchEvent::Added`] or [`WatchEvent::Removed`], each with the
-//! type's new [`Revision`](crate::Revision). Applying the events in order to the snapshot gives the instances
+//! reports every change as [`WatchEvent::Added`], [`WatchEvent::Updated`] (new metadata,
+//! same id) or [`WatchEvent::Removed`], each with the type's new
+//! [`Revision`](crate::Revision). Applying the events in order to the snapshot gives the instances
 //! the server lists, at every revision.
 //!
 //! When the connection breaks, the watch says [`WatchEvent::Disconnected`] and the client's
@@ -102,9 +103,12 @@ impl Watch {
             events: receiver,
             caller: caller.clone(),
         };
+        // The worker stamps the client's latest change as the `min_revision`, so that the
+        // snapshot includes what this client registered just before.
         let request = Request::Watch {
             service_type: service_type.clone(),
             since: None,
+            min_revision: None,
         };
         let new = NewWatch {
             key,

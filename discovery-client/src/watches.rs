@@ -11,10 +11,17 @@
 //! Delivery never waits: an event that does not fit in the consumer's buffer is dropped,
 //! the last free slot gets [`Item::Lagged`], and the watch is unsubscribed until the
 //! consumer has read the marker (and so emptied its buffer) and asks for a resync.
+//!
+//! Snapshots come as compact entries, their type said by the watch; the table rebuilds
+//! whole [`Instance`]s so that consumers never see the difference. A frame of a watch that
+//! does not decode (a change of a kind this client does not know, from a newer server)
+//! reopens the watch from the last revision its consumer was given; if the same frame
+//! comes back before the watch got any further, it is reopened without `since`, and the
+//! reset snapshot moves it past the frame.
 
 use std::collections::HashMap;
 
-use discovery_proto::{Instance, Request, RequestId, Response, Revision};
+use discovery_proto::{ErrorKind, Instance, Request, RequestId, Response, Revision};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
@@ -32,6 +39,26 @@ pub(crate) trait Outbox {
     fn answer(&mut self, id: RequestId, outcome: Outcome);
     /// Starts the request timeout of `id` again: a part of its answer came.
     fn touch(&mut self, id: RequestId);
+    /// Request `id` was answered `Unavailable`: its caller's call, with `watch` for a
+    /// watch that was opening, goes to the next connection if it may, or fails with
+    /// `error`.
+    fn unavailable(&mut self, id: RequestId, error: Error, watch: Option<NewWatch>);
+}
+
+/// What a frame of a watch did to its request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WatchFrame {
+    /// A part of a snapshot, a change, or a frame ignored: the request goes on (or is
+    /// long done).
+    Pushed,
+    /// The start of the watch, or a refusal: its request is complete.
+    Answered,
+    /// The server cannot serve now: the connection should move on to the next server,
+    /// where the watch opens again.
+    Unavailable {
+        /// The server's explanation.
+        message: String,
+    },
 }
 
 /// Every open watch of the client.
@@ -60,6 +87,9 @@ struct OpenWatch {
     stale: bool,
     /// Its next `Watch` request starts afresh (no `since`) and its snapshot is a reset.
     reset_next: bool,
+    /// The revision it was last reopened from because a frame of it did not decode: a
+    /// second such frame at the same revision makes it start afresh instead.
+    reopened_at: Option<Revision>,
 }
 
 /// A snapshot whose last part has not come yet.
@@ -95,6 +125,7 @@ impl WatchTable {
                 partial: None,
                 stale: false,
                 reset_next: false,
+                reopened_at: None,
             },
         );
     }
@@ -170,20 +201,19 @@ impl WatchTable {
         }
     }
 
-    /// A frame of watch `request` came. True when it completed the watch's request (the
-    /// connection works).
+    /// A frame of watch `request` came: what it did to the request.
     pub(crate) fn on_frame(
         &mut self,
         request: RequestId,
         response: Response,
         out: &mut impl Outbox,
-    ) -> bool {
+    ) -> WatchFrame {
         let Some(&key) = self.by_request.get(&request) else {
-            return false;
+            return WatchFrame::Pushed;
         };
         let Some(watch) = self.watches.get_mut(&key) else {
             self.by_request.remove(&request);
-            return false;
+            return WatchFrame::Pushed;
         };
         let (event, answered) = match response {
             Response::Snapshot {
@@ -197,13 +227,18 @@ impl WatchTable {
                     reset,
                     instances: Vec::new(),
                 });
-                partial.instances.extend(instances);
+                let service_type = &watch.service_type;
+                partial.instances.extend(
+                    instances
+                        .into_iter()
+                        .map(|entry| Instance::from_entry(service_type.as_str(), entry)),
+                );
                 if more {
                     out.touch(request);
-                    return false;
+                    return WatchFrame::Pushed;
                 }
                 let Some(partial) = watch.partial.take() else {
-                    return false;
+                    return WatchFrame::Pushed;
                 };
                 let reset = partial.reset || std::mem::take(&mut watch.reset_next);
                 let event = WatchEvent::Snapshot {
@@ -216,9 +251,15 @@ impl WatchTable {
             Response::Resumed { revision } => (WatchEvent::Resumed { revision }, true),
             Response::Added { revision, instance } => {
                 if is_old(watch, revision) {
-                    return false;
+                    return WatchFrame::Pushed;
                 }
                 (WatchEvent::Added { revision, instance }, false)
+            }
+            Response::Updated { revision, instance } => {
+                if is_old(watch, revision) {
+                    return WatchFrame::Pushed;
+                }
+                (WatchEvent::Updated { revision, instance }, false)
             }
             Response::Removed {
                 revision,
@@ -226,7 +267,7 @@ impl WatchTable {
                 reason,
             } => {
                 if is_old(watch, revision) {
-                    return false;
+                    return WatchFrame::Pushed;
                 }
                 let event = WatchEvent::Removed {
                     revision,
@@ -235,23 +276,58 @@ impl WatchTable {
                 };
                 (event, false)
             }
-            Response::Error { kind, message } => {
-                let error = Error::Rejected { kind, message };
-                if !watch.opening {
-                    warn!(service_type = %watch.service_type, %error, "the server refused to open a watch again; it ends");
-                }
-                out.answer(request, Err(error));
+            Response::Error {
+                kind: ErrorKind::Unavailable,
+                message,
+            } => {
+                let error = Error::Rejected {
+                    kind: ErrorKind::Unavailable,
+                    message: message.clone(),
+                };
                 self.by_request.remove(&request);
-                // Dropping its buffer's sender ends the consumer's stream.
-                self.watches.remove(&key);
-                return true;
+                if watch.opening {
+                    // Its caller is still waiting: the call goes to the next server.
+                    if let Some(watch) = self.watches.remove(&key) {
+                        let new = NewWatch {
+                            key,
+                            service_type: watch.service_type,
+                            events: watch.events,
+                        };
+                        out.unavailable(request, error, Some(new));
+                    }
+                } else {
+                    // Open already: it is subscribed again on the next connection, and
+                    // its consumer knows its list is not current meanwhile.
+                    out.unavailable(request, error, None);
+                    watch.request = None;
+                    watch.partial = None;
+                    let event = WatchEvent::Disconnected {
+                        reason: format!("the server cannot serve now ({message})"),
+                    };
+                    if matches!(deliver(watch, event), Delivery::Gone) {
+                        self.watches.remove(&key);
+                    }
+                }
+                return WatchFrame::Unavailable { message };
+            }
+            Response::Error { kind, message } => {
+                return self.refused(key, request, Error::Rejected { kind, message }, out);
+            }
+            Response::Throttled { retry_after_ms } => {
+                let error = Error::Throttled {
+                    retry_after: std::time::Duration::from_millis(retry_after_ms),
+                };
+                return self.refused(key, request, error, out);
             }
             other => {
                 debug!(request, response = ?other, "ignoring a frame of a watch that no watch sends");
-                return false;
+                return WatchFrame::Pushed;
             }
         };
         let delivery = deliver(watch, event);
+        if delivery_advanced(watch) {
+            watch.reopened_at = None;
+        }
         if answered {
             watch.opening = false;
             out.answer(request, Ok(Response::Ok));
@@ -265,11 +341,39 @@ impl WatchTable {
                 }
             }
         }
-        answered
+        if answered {
+            WatchFrame::Answered
+        } else {
+            WatchFrame::Pushed
+        }
+    }
+
+    /// The server refused to open watch `key` (its request `request`): the caller of a
+    /// watch still opening gets the error; an open watch ends, rather than be refused
+    /// again and again.
+    fn refused(
+        &mut self,
+        key: WatchKey,
+        request: RequestId,
+        error: Error,
+        out: &mut impl Outbox,
+    ) -> WatchFrame {
+        if let Some(watch) = self.watches.get(&key)
+            && !watch.opening
+        {
+            warn!(service_type = %watch.service_type, %error, "the server refused to open a watch again; it ends");
+        }
+        out.answer(request, Err(error));
+        self.by_request.remove(&request);
+        // Dropping its buffer's sender ends the consumer's stream.
+        self.watches.remove(&key);
+        WatchFrame::Answered
     }
 
     /// A frame of watch `request` did not decode: the watch may have missed a change, so it
-    /// starts again with a snapshot marked as a reset (or fails, if it was still opening).
+    /// is opened again from the last revision its consumer was given, or afresh (a reset
+    /// snapshot) when that already brought the same trouble back; a watch still opening
+    /// fails instead, with `error`.
     pub(crate) fn on_undecodable(
         &mut self,
         request: RequestId,
@@ -282,14 +386,20 @@ impl WatchTable {
         let Some(watch) = self.watches.get_mut(&key) else {
             return;
         };
-        warn!(service_type = %watch.service_type, %error, "undecodable frame of a watch; starting it again");
+        warn!(service_type = %watch.service_type, %error, "undecodable frame of a watch; opening it again");
         out.answer(request, Err(error));
         unsubscribe(watch, &mut self.by_request, out);
         if watch.opening {
             self.watches.remove(&key);
             return;
         }
-        watch.reset_next = true;
+        if watch.reopened_at.is_some() && watch.reopened_at == watch.revision {
+            // Resuming brought the frame back: start afresh, past it.
+            watch.reset_next = true;
+            watch.reopened_at = None;
+        } else {
+            watch.reopened_at = watch.revision;
+        }
         subscribe(key, watch, &mut self.by_request, out);
     }
 }
@@ -307,9 +417,11 @@ fn subscribe(
     } else {
         watch.revision
     };
+    // The outbox stamps it with the client's latest change as its `min_revision`.
     let request = Request::Watch {
         service_type: watch.service_type.clone(),
         since,
+        min_revision: None,
     };
     if let Some(id) = out.send(request) {
         watch.request = Some(id);
@@ -329,6 +441,11 @@ fn unsubscribe(
         by_request.remove(&id);
         out.send(Request::Unwatch { watch: id });
     }
+}
+
+/// True when the watch got further than where it was last reopened from.
+fn delivery_advanced(watch: &OpenWatch) -> bool {
+    watch.reopened_at.is_some() && watch.revision != watch.reopened_at
 }
 
 /// True for a change at or before the last revision given to the consumer, of the same

@@ -10,8 +10,9 @@
 //! stopped).
 //!
 //! A call that waits longer than the connect timeout for a connection fails with
-//! [`Error::Unreachable`](crate::Error::Unreachable); a call whose caller gave up is
-//! dropped unsent. While a watch is open the worker keeps connecting, with failover and
+//! [`Error::Unreachable`](crate::Error::Unreachable) (or with the `Unavailable` refusal of
+//! the last server that could not serve it); a call whose caller gave up is dropped
+//! unsent. While a watch is open the worker keeps connecting, with failover and
 //! backoff, and never gives up.
 
 use std::panic::AssertUnwindSafe;
@@ -91,7 +92,7 @@ impl<D: Dial> Worker<D> {
             dial: Arc::new(dial),
             inbox: Inbox::new(calls, control),
             watches: WatchTable::default(),
-            in_flight: InFlight::new(config.request_timeout),
+            in_flight: InFlight::new(config.request_timeout, config.connect_timeout),
             failover: Failover::new(config.addresses.len(), config.backoff_max),
             config,
         }
