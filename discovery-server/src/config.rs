@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use discovery_proto::{DEFAULT_PORT, Limits};
+use discovery_proto::{DEFAULT_PORT, Limits, MAX_FRAME_BYTES};
 use discovery_registry::RegistryConfig;
 use discovery_registry::config::duration;
 use serde::Deserialize;
@@ -121,7 +121,26 @@ impl ServerConfig {
 
     /// The limits announced to clients in `Welcome`.
     pub fn limits(&self) -> Limits {
-        self.registry.limits()
+        limits_of(&self.registry)
+    }
+}
+
+/// The limits of a registry's configuration as announced to clients in `Welcome`: the
+/// `Welcome` itself reads them from the registry served ([`Registry::config`]), which may
+/// have been made elsewhere than from a `ServerConfig`.
+///
+/// [`Registry::config`]: discovery_registry::Registry::config
+pub(crate) fn limits_of(registry: &RegistryConfig) -> Limits {
+    let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let u64_of = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    Limits {
+        max_frame_bytes: u32_of(registry.max_frame_bytes.min(MAX_FRAME_BYTES)),
+        max_instances: u64_of(registry.max_instances),
+        max_instances_per_type: u64_of(registry.max_instances_per_type),
+        max_type_bytes: u32_of(registry.max_type_bytes),
+        max_metadata_pairs: u32_of(registry.max_metadata_pairs),
+        max_metadata_key_bytes: u32_of(registry.max_metadata_key_bytes),
+        max_metadata_value_bytes: u32_of(registry.max_metadata_value_bytes),
     }
 }
 

@@ -13,8 +13,9 @@ use discovery_proto::MAX_FRAME_BYTES;
 use discovery_registry::RegistryConfig;
 use discovery_registry::config::{
     DEFAULT_MAX_INSTANCES, DEFAULT_MAX_INSTANCES_PER_TYPE, DEFAULT_MAX_METADATA_KEY_BYTES,
-    DEFAULT_MAX_METADATA_PAIRS, DEFAULT_MAX_METADATA_VALUE_BYTES, DEFAULT_MAX_TYPE_BYTES,
-    DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_QUEUE, duration,
+    DEFAULT_MAX_METADATA_PAIRS, DEFAULT_MAX_METADATA_VALUE_BYTES, DEFAULT_MAX_TTL,
+    DEFAULT_MAX_TYPE_BYTES, DEFAULT_MIN_TTL, DEFAULT_REMEMBERED_REMOVALS, DEFAULT_WATCH_HISTORY,
+    DEFAULT_WATCH_QUEUE, duration,
 };
 use discovery_server::Registry;
 use discovery_server::config::{
@@ -120,6 +121,10 @@ impl Cli {
             compat_listen: s.compat_listen,
             registry: RegistryConfig {
                 ttl: r.ttl,
+                // No flags of their own: the defaults, which `--ttl` must lie between.
+                min_ttl: DEFAULT_MIN_TTL,
+                max_ttl: DEFAULT_MAX_TTL,
+                remembered_removals: DEFAULT_REMEMBERED_REMOVALS,
                 max_instances: r.max_instances,
                 max_instances_per_type: r.max_instances_per_type,
                 max_type_bytes: r.max_type_bytes,

@@ -528,7 +528,9 @@ async fn timeouts_and_windows_of_any_length_serve_and_shut_down() {
         frame_timeout: Duration::MAX,
         ..ServerConfig::default()
     };
-    config.registry.ttl = Duration::MAX;
+    // The longest TTL a configuration accepts is a century.
+    config.registry.max_ttl = discovery_registry::config::MAX_TTL;
+    config.registry.ttl = discovery_registry::config::MAX_TTL;
     config.registry.watch_window = Duration::MAX;
     let server = TestServer::with_config(config).await;
     let mut wire = Wire::hello(server.addr).await;

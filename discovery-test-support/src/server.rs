@@ -144,10 +144,13 @@ impl TestServer {
     }
 }
 
-/// The default configuration with instances that live for `ttl`.
+/// The default configuration with instances that live for `ttl`, its TTL bounds widened to
+/// admit `ttl` if they do not (tests use TTLs shorter than a second).
 pub fn config_with_ttl(ttl: Duration) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.registry.ttl = ttl;
+    config.registry.min_ttl = config.registry.min_ttl.min(ttl);
+    config.registry.max_ttl = config.registry.max_ttl.max(ttl);
     config
 }
 

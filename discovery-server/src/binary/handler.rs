@@ -5,6 +5,8 @@
 use discovery_proto::{ErrorKind, PROTOCOL_VERSION, Request, RequestId, Response};
 use discovery_registry::{Registry, Subscription};
 
+use crate::config::limits_of;
+
 /// What a request is answered with.
 #[derive(Debug)]
 pub enum Answer {
@@ -31,7 +33,7 @@ pub fn hello(registry: &Registry, request: &Request) -> Answer {
         } if *protocol_version == PROTOCOL_VERSION => Answer::Response(Response::Welcome {
             protocol_version: PROTOCOL_VERSION,
             ttl: registry.config().ttl,
-            limits: registry.config().limits(),
+            limits: limits_of(registry.config()),
         }),
         Request::Hello {
             protocol_version, ..
