@@ -418,7 +418,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 fn change_frame(id: RequestId, change: &Change) -> ServerFrame {
     let revision = change.revision;
     let response = match &change.event {
-        ChangeEvent::Added(instance) => Response::Added {
+        // The wire has no update event: an `Added` of an id the watcher holds replaces it,
+        // with the change's one revision.
+        ChangeEvent::Added(instance) | ChangeEvent::Updated(instance) => Response::Added {
             revision,
             instance: instance.clone(),
         },

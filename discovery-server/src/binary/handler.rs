@@ -71,8 +71,8 @@ pub fn handle(registry: &Registry, request: Request) -> Answer {
             Ok(id) => Response::Registered { id },
             Err(e) => error(e.kind(), e.to_string()),
         },
-        Request::Heartbeat { id } => found(registry.heartbeat(id)),
-        Request::Deregister { id } => found(registry.deregister(id)),
+        Request::Heartbeat { id } => found(registry.heartbeat(id).is_ok()),
+        Request::Deregister { id } => found(registry.deregister(id).is_ok()),
         Request::Query { service_type } => return Answer::Query(service_type),
         Request::Ping => Response::Pong,
         Request::Watch {
