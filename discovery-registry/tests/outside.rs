@@ -146,6 +146,48 @@ async fn an_update_reaches_watchers_and_the_same_update_is_silent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_timed_instance_from_outside_keeps_the_ttl_it_was_granted() {
+    let registry = registry();
+    let long = TTL * 3;
+    let taken = instance(1, 1, &[]);
+    registry.upsert(taken.clone(), Lifetime::Ttl(long)).unwrap();
+    advance(long - Duration::from_millis(1)).await;
+    // A heartbeat here renews it by its own TTL, not the configuration's.
+    assert!(registry.heartbeat(taken.id).is_ok());
+    advance(long - Duration::from_millis(1)).await;
+    settle(&registry).await;
+    assert_eq!(registry.query("billing").len(), 1);
+    advance(Duration::from_millis(1)).await;
+    settle(&registry).await;
+    assert!(registry.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ttl_from_outside_is_checked_like_a_registers() {
+    let registry = registry();
+    let config = registry.config().clone();
+    for requested in [
+        config.min_ttl - Duration::from_millis(1),
+        config.max_ttl + Duration::from_millis(1),
+    ] {
+        assert_eq!(
+            registry.upsert(instance(1, 1, &[]), Lifetime::Ttl(requested)),
+            Err(Error::InvalidTtl {
+                requested,
+                min: config.min_ttl,
+                max: config.max_ttl,
+            })
+        );
+    }
+    assert!(registry.is_empty());
+    for bound in [config.min_ttl, config.max_ttl] {
+        registry
+            .upsert(instance(1, 1, &[]), Lifetime::Ttl(bound))
+            .expect("a bound is allowed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_endpoint_rule_holds_for_changes_from_outside() {
     let registry = registry();
     let local = registry

@@ -688,3 +688,35 @@ async fn a_watch_after_a_mass_expiry_starts_from_what_is_live() {
     use futures_util::StreamExt;
     assert!(subscription.next().now_or_never().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_types_are_listed_with_their_live_counts_sorted() {
+    let registry = registry();
+    assert!(registry.types().is_empty());
+    for (service_type, last) in [("search", 1), ("billing", 1), ("billing", 2), ("cache", 1)] {
+        registry
+            .register(service_type, ip(last), 80, Metadata::new())
+            .unwrap();
+    }
+    // A replacement does not count twice.
+    registry
+        .register("billing", ip(2), 80, Metadata::new())
+        .unwrap();
+    let expected = |pairs: &[(&str, usize)]| -> Vec<(String, usize)> {
+        pairs.iter().map(|&(t, n)| (t.to_string(), n)).collect()
+    };
+    assert_eq!(
+        registry.types(),
+        expected(&[("billing", 2), ("cache", 1), ("search", 1)])
+    );
+
+    advance(Duration::from_secs(1)).await;
+    let late = registry
+        .register("cache", ip(2), 80, Metadata::new())
+        .unwrap();
+    // At the first deadline, counted exactly whether or not the task has run.
+    advance(TTL - Duration::from_secs(1)).await;
+    assert_eq!(registry.types(), expected(&[("cache", 1)]));
+    assert!(registry.deregister(late).is_ok());
+    assert!(registry.types().is_empty());
+}
