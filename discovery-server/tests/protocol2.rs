@@ -73,7 +73,10 @@ async fn a_version_1_hello_is_refused_naming_both_versions() {
     };
     assert_eq!(kind, ErrorKind::UnsupportedVersion);
     assert!(message.contains("version 1"), "{message}");
-    assert!(message.contains(&format!("version {PROTOCOL_VERSION}")), "{message}");
+    assert!(
+        message.contains(&format!("version {PROTOCOL_VERSION}")),
+        "{message}"
+    );
     assert!(wire.recv().await.is_none(), "the connection is closed");
     server.stop().await;
 }
@@ -152,11 +155,15 @@ async fn a_register_lives_for_its_own_ttl_within_the_bounds() {
     );
 
     for outside in [Duration::from_millis(100), Duration::from_secs(7200)] {
-        let answer = wire
-            .call(register_with_ttl("t", 3, Some(outside)))
-            .await;
+        let answer = wire.call(register_with_ttl("t", 3, Some(outside))).await;
         assert!(
-            matches!(answer, Response::Error { kind: ErrorKind::InvalidTtl, .. }),
+            matches!(
+                answer,
+                Response::Error {
+                    kind: ErrorKind::InvalidTtl,
+                    ..
+                }
+            ),
             "{outside:?}: {answer:?}"
         );
     }
@@ -180,7 +187,10 @@ async fn an_update_keeps_the_id_and_watchers_see_it() {
     let mut wire = Wire::hello(server.addr).await;
     let (id, _, registered_at) = registered(&mut wire, register("billing", 80)).await;
     let added = watcher.recv().await.expect("the addition");
-    assert!(matches!(added.response, Response::Added { .. }), "{added:?}");
+    assert!(
+        matches!(added.response, Response::Added { .. }),
+        "{added:?}"
+    );
 
     let version = metadata(&[("version", "2")]);
     let answer = wire
@@ -193,7 +203,10 @@ async fn an_update_keeps_the_id_and_watchers_see_it() {
     let Response::Done { revision } = answer else {
         panic!("expected Done, got {answer:?}");
     };
-    assert!(revision > registered_at, "the update takes a later revision");
+    assert!(
+        revision > registered_at,
+        "the update takes a later revision"
+    );
 
     let pushed = watcher.recv().await.expect("the update");
     assert_eq!(pushed.request_id, watch);
@@ -266,9 +279,10 @@ async fn not_found_says_why_the_id_is_gone() {
         register_with_ttl("t", 3, Some(Duration::from_millis(200))),
     )
     .await;
+    // Watched through queries: a heartbeat would keep it alive.
     eventually("the 200 ms instance expires", || async {
-        let answer = Wire::hello(server.addr).await.call(heartbeat(expiring)).await;
-        (answer != Response::Ok).then_some(answer)
+        let listed = Wire::hello(server.addr).await.query("t").await;
+        listed.iter().all(|i| i.id != expiring).then_some(())
     })
     .await;
     assert_eq!(
@@ -284,7 +298,10 @@ async fn not_found_says_why_the_id_is_gone() {
         "an id never seen has no reason"
     );
     let unwatch = Request::Unwatch { watch: 99 };
-    assert_eq!(wire.call(unwatch).await, Response::NotFound { reason: None });
+    assert_eq!(
+        wire.call(unwatch).await,
+        Response::NotFound { reason: None }
+    );
     server.stop().await;
 }
 
@@ -295,7 +312,9 @@ async fn the_types_come_sorted_with_their_counts_in_frames_within_the_cap() {
     let server = TestServer::with_config(config).await;
     let mut wire = Wire::hello(server.addr).await;
     // 60 types of 40-byte names: about 2.5 KiB of answer, three frames at least.
-    let names: Vec<String> = (0..60).map(|n| format!("{n:03}-{}", "x".repeat(36))).collect();
+    let names: Vec<String> = (0..60)
+        .map(|n| format!("{n:03}-{}", "x".repeat(36)))
+        .collect();
     for (n, name) in names.iter().enumerate().rev() {
         for port in 0..=(n % 3) as u16 {
             registered(&mut wire, register(name, 1 + port)).await;
@@ -308,7 +327,9 @@ async fn the_types_come_sorted_with_their_counts_in_frames_within_the_cap() {
     loop {
         let frame = wire.recv().await.expect("a Types frame");
         assert_eq!(frame.request_id, id);
-        let size = discovery_proto::encoding::encode(&frame).expect("encodes").len();
+        let size = discovery_proto::encoding::encode(&frame)
+            .expect("encodes")
+            .len();
         assert!(size <= 1024, "a frame of {size} bytes");
         frames += 1;
         let Response::Types { types, more } = frame.response else {
@@ -366,6 +387,26 @@ async fn a_query_waits_for_a_revision_the_server_has_not_reached() {
     assert!(
         listed || started.elapsed() >= Duration::from_secs(1),
         "answered after {:?} without the instance of the revision asked for",
+        started.elapsed()
+    );
+
+    // A revision this run will not reach soon is waited for the whole second, then the
+    // answer is what the server has.
+    let far = Revision {
+        seq: revision.seq + 1_000,
+        ..revision
+    };
+    let started = Instant::now();
+    let answer = reader
+        .call(Request::Heartbeat {
+            id: added,
+            min_revision: Some(far),
+        })
+        .await;
+    assert_eq!(answer, Response::Ok);
+    assert!(
+        started.elapsed() >= discovery_server::frontend::MIN_REVISION_WAIT,
+        "answered after {:?}, before the wait was over",
         started.elapsed()
     );
 
