@@ -98,7 +98,7 @@ fn registry(c: &mut Criterion) {
                 .collect();
             let elapsed = start.elapsed();
             for id in made {
-                registry.deregister(id);
+                registry.deregister(id).expect("registered just now");
             }
             elapsed
         })

@@ -59,7 +59,7 @@ impl Clock {
     }
 
     /// The last heartbeat an entry shows, in milliseconds since the Unix epoch: a timed
-    /// entry's deadline less the TTL, on this clock; a held entry keeps the time it was
+    /// entry's deadline less its own TTL, on this clock; a held entry keeps the time it was
     /// given ([`Clock::held`]).
     pub(crate) fn shown_ms(&self, deadline: Nanos, held: bool, ttl: Nanos) -> i64 {
         if held {

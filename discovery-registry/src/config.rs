@@ -7,13 +7,27 @@
 
 use std::time::Duration;
 
-use discovery_proto::{Limits, MAX_FRAME_BYTES};
+use discovery_proto::MAX_FRAME_BYTES;
 use serde::Deserialize;
 
 use crate::Error;
 
 /// How long an instance stays live after its register or its last heartbeat, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// The shortest TTL a register may ask for, by default.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
+/// The longest TTL a register may ask for, by default: an hour, so that an instance whose
+/// client vanished without deregistering is not served as live for longer.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(60 * 60);
+/// The lowest `min-ttl` a configuration accepts: below it, a client would spend more time
+/// heartbeating than serving.
+pub const LOWEST_MIN_TTL: Duration = Duration::from_millis(100);
+/// The highest `max-ttl` a configuration accepts, a century: deadlines in nanoseconds since
+/// the registry's epoch can then never overflow. A registry made from a configuration that
+/// was not validated cuts longer TTLs to this.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// How many recent removals the registry remembers, to say why an id is gone, by default.
+pub const DEFAULT_REMEMBERED_REMOVALS: usize = 100_000;
 /// The most live instances the registry holds, by default.
 pub const DEFAULT_MAX_INSTANCES: usize = 1_000_000;
 /// The most live instances of one type, by default.
@@ -48,9 +62,21 @@ pub const DEFAULT_WATCH_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct RegistryConfig {
-    /// How long an instance stays live after its register or last heartbeat. Default 5 s.
+    /// How long an instance stays live after its register or last heartbeat, when its
+    /// register asks for no TTL of its own. From `min_ttl` to `max_ttl`. Default 5 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub ttl: Duration,
+    /// The shortest TTL a register may ask for, at least 100 ms. Default 1 s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub min_ttl: Duration,
+    /// The longest TTL a register may ask for, at most a century ([`MAX_TTL`]); also how
+    /// long a removal is remembered. Default 1 h.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_ttl: Duration,
+    /// How many recent removals are remembered (each for `max_ttl`), so that a heartbeat,
+    /// a deregister or an update of a removed id can be told why it is gone; the oldest
+    /// are forgotten first, and 0 remembers none. About 64 bytes each. Default 100,000.
+    pub remembered_removals: usize,
     /// The most live instances in total. Default 1,000,000.
     pub max_instances: usize,
     /// The most live instances of one type. Default 100,000.
@@ -83,6 +109,9 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             ttl: DEFAULT_TTL,
+            min_ttl: DEFAULT_MIN_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+            remembered_removals: DEFAULT_REMEMBERED_REMOVALS,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_instances_per_type: DEFAULT_MAX_INSTANCES_PER_TYPE,
             max_type_bytes: DEFAULT_MAX_TYPE_BYTES,
@@ -110,28 +139,47 @@ impl RegistryConfig {
                 self.max_frame_bytes
             )));
         }
-        if self.ttl.is_zero() {
-            return Err(Error::Config("ttl must be longer than zero".into()));
-        }
+        self.validate_ttls()?;
         if self.max_type_bytes == 0 {
             return Err(Error::Config("max-type-bytes must be at least 1".into()));
         }
         Ok(())
     }
 
-    /// The limits as announced to clients in `Welcome`.
-    pub fn limits(&self) -> Limits {
-        let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let u64_of = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        Limits {
-            max_frame_bytes: u32_of(self.max_frame_bytes.min(MAX_FRAME_BYTES)),
-            max_instances: u64_of(self.max_instances),
-            max_instances_per_type: u64_of(self.max_instances_per_type),
-            max_type_bytes: u32_of(self.max_type_bytes),
-            max_metadata_pairs: u32_of(self.max_metadata_pairs),
-            max_metadata_key_bytes: u32_of(self.max_metadata_key_bytes),
-            max_metadata_value_bytes: u32_of(self.max_metadata_value_bytes),
+    /// The TTL bounds: `min-ttl` from 100 ms, `max-ttl` up to a century, and `ttl` between
+    /// them.
+    fn validate_ttls(&self) -> Result<(), Error> {
+        let shown = duration::format;
+        let (ttl, min_ttl, max_ttl) = (self.ttl, self.min_ttl, self.max_ttl);
+        if min_ttl < LOWEST_MIN_TTL {
+            return Err(Error::Config(format!(
+                "min-ttl must be at least {}, not {}",
+                shown(LOWEST_MIN_TTL),
+                shown(min_ttl)
+            )));
         }
+        if max_ttl > MAX_TTL {
+            return Err(Error::Config(format!(
+                "max-ttl must be at most a century ({}s), not {}",
+                MAX_TTL.as_secs(),
+                shown(max_ttl)
+            )));
+        }
+        if ttl < min_ttl {
+            return Err(Error::Config(format!(
+                "ttl must be at least min-ttl ({}), not {}",
+                shown(min_ttl),
+                shown(ttl)
+            )));
+        }
+        if ttl > max_ttl {
+            return Err(Error::Config(format!(
+                "ttl must be at most max-ttl ({}), not {}",
+                shown(max_ttl),
+                shown(ttl)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -206,6 +254,87 @@ mod tests {
             let message = config.validate().expect_err(name).to_string();
             assert!(message.contains(name), "{message}");
         }
+    }
+
+    #[test]
+    fn the_ttl_bounds_name_the_flag_and_both_values() {
+        let ms = Duration::from_millis;
+        let cases: [(RegistryConfig, &str, [&str; 2]); 4] = [
+            (
+                RegistryConfig {
+                    min_ttl: ms(50),
+                    ttl: ms(500),
+                    ..RegistryConfig::default()
+                },
+                "min-ttl must",
+                ["100ms", "50ms"],
+            ),
+            (
+                RegistryConfig {
+                    max_ttl: MAX_TTL + Duration::from_secs(1),
+                    ..RegistryConfig::default()
+                },
+                "max-ttl must",
+                [
+                    "3153600000s",
+                    &duration::format(MAX_TTL + Duration::from_secs(1)),
+                ],
+            ),
+            (
+                RegistryConfig {
+                    ttl: ms(999),
+                    ..RegistryConfig::default()
+                },
+                "ttl must be at least min-ttl",
+                ["1s", "999ms"],
+            ),
+            (
+                RegistryConfig {
+                    ttl: Duration::from_secs(2 * 60 * 60),
+                    ..RegistryConfig::default()
+                },
+                "ttl must be at most max-ttl",
+                ["1h", "2h"],
+            ),
+        ];
+        for (config, start, values) in cases {
+            let message = match config.validate() {
+                Err(Error::Config(message)) => message,
+                other => panic!("{start}: {other:?}"),
+            };
+            assert!(message.starts_with(start), "{message}");
+            for value in values {
+                assert!(message.contains(value), "{value} in {message}");
+            }
+        }
+        // Each bound is inclusive.
+        let at_the_bounds = [
+            RegistryConfig {
+                min_ttl: LOWEST_MIN_TTL,
+                ttl: LOWEST_MIN_TTL,
+                ..RegistryConfig::default()
+            },
+            RegistryConfig {
+                max_ttl: MAX_TTL,
+                ttl: MAX_TTL,
+                ..RegistryConfig::default()
+            },
+        ];
+        for config in at_the_bounds {
+            assert!(config.validate().is_ok(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn the_new_settings_read_as_kebab_case() {
+        let config: RegistryConfig = serde_json::from_str(
+            r#"{"min-ttl": "500ms", "max-ttl": "2h", "remembered-removals": 7}"#,
+        )
+        .expect("a valid configuration");
+        assert_eq!(config.min_ttl, Duration::from_millis(500));
+        assert_eq!(config.max_ttl, Duration::from_secs(2 * 60 * 60));
+        assert_eq!(config.remembered_removals, 7);
+        assert_eq!(config.ttl, DEFAULT_TTL);
     }
 
     #[test]

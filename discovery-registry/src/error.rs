@@ -2,8 +2,9 @@
 //! cannot be used.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
-use discovery_proto::ErrorKind;
+use discovery_proto::{ErrorKind, RemoveReason};
 
 /// Why the registry refused a change, or a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,9 +36,42 @@ pub enum Error {
         /// The limit in force.
         max: usize,
     },
+    /// A register asked for a TTL outside the bounds of the configuration.
+    #[error("ttl {} is outside {}..{}", shown(.requested), shown(.min), shown(.max))]
+    InvalidTtl {
+        /// The TTL asked for.
+        requested: Duration,
+        /// The shortest TTL allowed (`min_ttl`).
+        min: Duration,
+        /// The longest TTL allowed (`max_ttl`).
+        max: Duration,
+    },
+    /// No live instance has this id: never registered here, or gone.
+    #[error("no such instance{}", why(.reason))]
+    NotFound {
+        /// Why it went, when that is still remembered (see
+        /// [`RegistryConfig::remembered_removals`](crate::RegistryConfig::remembered_removals));
+        /// `None` for an id never seen here, or forgotten.
+        reason: Option<RemoveReason>,
+    },
     /// A configuration value is out of its range.
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+/// A duration as configurations write it (`50ms`, `1h`).
+fn shown(duration: &Duration) -> String {
+    humantime::format_duration(*duration).to_string()
+}
+
+/// The reason of a `NotFound`, in its message.
+fn why(reason: &Option<RemoveReason>) -> &'static str {
+    match reason {
+        None => "",
+        Some(RemoveReason::Deregistered) => " (deregistered)",
+        Some(RemoveReason::Expired) => " (expired)",
+        Some(RemoveReason::Replaced) => " (replaced)",
+    }
 }
 
 impl Error {
@@ -50,7 +84,10 @@ impl Error {
             Error::InvalidMetadata(_) => ErrorKind::InvalidMetadata,
             Error::InstanceLimit { .. } => ErrorKind::InstanceLimit,
             Error::TypeLimit { .. } => ErrorKind::TypeLimit,
-            Error::Config(_) => ErrorKind::Internal,
+            Error::InvalidTtl { .. } => ErrorKind::InvalidTtl,
+            // A frontend answers `NotFound` for it, never an error; a configuration error
+            // never reaches a client.
+            Error::NotFound { .. } | Error::Config(_) => ErrorKind::Internal,
         }
     }
 }

@@ -1,17 +1,21 @@
 //! The change feeds of watched types: revisions, a bounded history for resuming, and the
 //! channel that wakes a type's watchers and no one else.
 //!
-//! A type gets a feed when it is first watched. From then on every change to the type
-//! (an instance added, or removed with its reason) takes the next revision, is kept in the
-//! feed's history, and is sent on the feed's broadcast channel, which only that type's
-//! watchers receive. The feed outlives its last watcher by a window, so that a client that
-//! reconnects within it can resume where it stopped; then it is forgotten, whether the type
-//! still has instances or not, and unwatched types cost nothing.
+//! Every change to any type (an instance added, updated, or removed with its reason) takes
+//! the next revision, watched or not, so that a caller can ask whether the registry has
+//! reached a revision ([`crate::Registry::reached`]). A type gets a feed when it is first
+//! watched; from then on each of its changes is also kept in the feed's history and sent
+//! on the feed's broadcast channel, which only that type's watchers receive. The feed
+//! outlives its last watcher by a window, so that a client that reconnects within it can
+//! resume where it stopped; then it is forgotten, whether the type still has instances or
+//! not, and unwatched types cost no more than the count.
 //!
 //! Revisions come from one counter for the whole registry, never reused within a run, so a
 //! revision can never be mistaken for one of another type or of an earlier feed of the same
 //! type; the incarnation, chosen at random when the registry starts, tells them from the
-//! revisions of an earlier run.
+//! revisions of an earlier run. Whoever waits for a revision subscribes to a `watch`
+//! channel of the counter, which is sent to only while someone does: a change nobody waits
+//! for costs one check of the receiver count.
 //!
 //! The broadcast channel is bounded: a watcher that falls more than its capacity behind
 //! sees `Lagged` and is sent a reset snapshot instead, so no watcher makes the server
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use discovery_proto::{Instance, RemoveReason, Revision};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 /// One change to a watched type.
@@ -40,6 +44,9 @@ pub struct Change {
 pub enum ChangeEvent {
     /// The instance appeared.
     Added(Instance),
+    /// The instance's metadata changed in place: the same id and endpoint, and the same
+    /// deadline. It carries the whole instance after the change.
+    Updated(Instance),
     /// The instance is gone, for this reason.
     Removed(Instance, RemoveReason),
 }
@@ -73,6 +80,8 @@ pub(crate) struct Feeds {
     incarnation: u64,
     /// The last revision given out, for any type.
     seq: u64,
+    /// `seq`, for those waiting for a revision; sent to only while one of them waits.
+    reached: watch::Sender<u64>,
     feeds: HashMap<Arc<str>, Feed>,
     /// Feeds whose last watcher left, under the instant they may be forgotten.
     forget: BTreeSet<(Instant, Arc<str>)>,
@@ -102,6 +111,7 @@ impl Feeds {
         Self {
             incarnation: uuid::Uuid::new_v4().as_u64_pair().0,
             seq: 0,
+            reached: watch::Sender::new(0),
             feeds: HashMap::new(),
             forget: BTreeSet::new(),
             history,
@@ -110,18 +120,48 @@ impl Feeds {
         }
     }
 
-    /// Publishes a change to `service_type`'s watchers, if it has a feed. `event` is only
-    /// built when it does, so unwatched types pay nothing.
-    pub(crate) fn publish(&mut self, service_type: &str, event: impl FnOnce() -> ChangeEvent) {
-        let Some(feed) = self.feeds.get_mut(service_type) else {
-            return;
-        };
+    /// The latest revision given out.
+    pub(crate) fn latest(&self) -> Revision {
+        Revision {
+            incarnation: self.incarnation,
+            seq: self.seq,
+        }
+    }
+
+    /// A receiver of the latest revision's `seq`, sent each time it grows from now on. The
+    /// caller compares with [`Feeds::latest`] under the same lock, so that no change can
+    /// fall between its look and its subscription.
+    pub(crate) fn wait_for_revisions(&self) -> watch::Receiver<u64> {
+        self.reached.subscribe()
+    }
+
+    /// Takes the next revision, and tells whoever waits for one.
+    fn next_seq(&mut self) -> u64 {
         self.seq += 1;
+        if self.reached.receiver_count() > 0 {
+            self.reached.send_replace(self.seq);
+        }
+        self.seq
+    }
+
+    /// Takes the next revision for a change to `service_type`, and publishes the change to
+    /// the type's watchers if it has a feed. `event` is only built when it does, so
+    /// unwatched types pay nothing but the count. Returns the change's revision.
+    pub(crate) fn publish(
+        &mut self,
+        service_type: &str,
+        event: impl FnOnce() -> ChangeEvent,
+    ) -> Revision {
+        let seq = self.next_seq();
+        let revision = Revision {
+            incarnation: self.incarnation,
+            seq,
+        };
+        let Some(feed) = self.feeds.get_mut(service_type) else {
+            return revision;
+        };
         let change = Arc::new(Change {
-            revision: Revision {
-                incarnation: self.incarnation,
-                seq: self.seq,
-            },
+            revision,
             event: event(),
         });
         feed.revision = self.seq;
@@ -134,6 +174,7 @@ impl Feeds {
         }
         // No receiver is not an error: the feed may be waiting out its window.
         let _ = feed.sender.send(change);
+        revision
     }
 
     /// Subscribes to `service_type`, creating its feed if needed. Returns how the watch
@@ -148,21 +189,21 @@ impl Feeds {
         Result<WatchStart, Revision>,
         broadcast::Receiver<Arc<Change>>,
     ) {
+        if !self.feeds.contains_key(service_type) {
+            // A new feed takes a revision of its own, so that no `since` from before it (when
+            // the type's changes were not kept) can be taken for resumable.
+            self.next_seq();
+        }
         let feed = match self.feeds.entry(Arc::clone(service_type)) {
             Entry::Occupied(feed) => feed.into_mut(),
-            Entry::Vacant(slot) => {
-                // A new feed takes a revision of its own, so that no `since` from before it
-                // (when the type's changes were not recorded) can be taken for resumable.
-                self.seq += 1;
-                slot.insert(Feed {
-                    sender: broadcast::Sender::new(self.queue),
-                    history: VecDeque::new(),
-                    floor: self.seq,
-                    revision: self.seq,
-                    watchers: 0,
-                    keep_until: now,
-                })
-            }
+            Entry::Vacant(slot) => slot.insert(Feed {
+                sender: broadcast::Sender::new(self.queue),
+                history: VecDeque::new(),
+                floor: self.seq,
+                revision: self.seq,
+                watchers: 0,
+                keep_until: now,
+            }),
         };
         let incarnation = self.incarnation;
         feed.watchers += 1;

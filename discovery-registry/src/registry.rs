@@ -1,4 +1,5 @@
-//! The registry's handle: register, heartbeat, deregister, query and watch, with no I/O.
+//! The registry's handle: register, heartbeat, update, deregister, query and watch, with no
+//! I/O.
 //!
 //! [`Registry`] is a cheap-to-clone handle around shared state (the private `state` module), in the
 //! manner of mini-redis's `Db`. It does no I/O, so it can be tested alone with tokio's
@@ -6,11 +7,27 @@
 //!
 //! # Liveness
 //!
-//! An instance is live while less than the TTL has passed since its register or its last
+//! An instance is live while less than its TTL has passed since its register or its last
 //! heartbeat, measured on [`tokio::time::Instant`] (in nanoseconds since the registry's
-//! epoch). From its deadline on it is gone for every method at once (a query skips it, a
-//! heartbeat or a deregister answers not found) even in the moment before the expiry task
-//! has freed it, so no answer ever depends on whether that task has run yet.
+//! epoch). Each instance has its own TTL: the one its register asked for, within the
+//! configuration's `min_ttl..=max_ttl`, or the configuration's `ttl`. From its deadline on
+//! it is gone for every method at once (a query skips it, a heartbeat or a deregister
+//! answers not found) even in the moment before the expiry task has freed it, so no answer
+//! ever depends on whether that task has run yet.
+//!
+//! # Revisions
+//!
+//! Every change (an instance added, updated or removed, of any type, watched or not) takes
+//! the next revision of the registry, and the methods that make one return it. A caller
+//! that was given a revision (by this registry, or by a peer that served it) can wait until
+//! this registry has reached it with [`Registry::reached`].
+//!
+//! # Not found, and why
+//!
+//! A call about an id that is not live fails with [`Error::NotFound`], whose `reason` says
+//! why the instance went (expired, replaced, deregistered) for as long as the registry
+//! remembers: one `max_ttl` after the removal, and only the latest
+//! [`RegistryConfig::remembered_removals`] removals.
 //!
 //! # Limits
 //!
@@ -22,13 +39,14 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
 
-use discovery_proto::{Instance, InstanceRef, Metadata, RemoveReason, Revision};
+use discovery_proto::{EntryRef, Instance, Metadata, RemoveReason, Revision};
 use uuid::Uuid;
 
 use crate::clock::{Clock, Nanos};
 use crate::feed::WatchStart;
-use crate::state::{Core, State};
+use crate::state::{Core, State, nanos};
 use crate::subscription::Subscription;
 use crate::table::{NewEntry, Timing};
 use crate::{Error, RegistryConfig, expiry, rules};
@@ -38,7 +56,7 @@ use crate::{Error, RegistryConfig, expiry, rules};
 ///
 /// ```
 /// use std::time::Duration;
-/// use discovery_registry::{Metadata, Registry, RegistryConfig};
+/// use discovery_registry::{Error, Metadata, Registry, RegistryConfig, RemoveReason};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), discovery_registry::Error> {
@@ -47,17 +65,44 @@ use crate::{Error, RegistryConfig, expiry, rules};
 /// assert_eq!(registry.query("billing")[0].id, id);
 ///
 /// tokio::time::advance(Duration::from_secs(4)).await;
-/// assert!(registry.heartbeat(id));
+/// assert!(registry.heartbeat(id).is_ok());
 /// tokio::time::advance(Duration::from_secs(5)).await;
-/// // Five seconds without a heartbeat: gone.
+/// // Five seconds without a heartbeat: gone, and the registry says why.
 /// assert!(registry.query("billing").is_empty());
-/// assert!(!registry.heartbeat(id));
+/// assert_eq!(
+///     registry.heartbeat(id),
+///     Err(Error::NotFound { reason: Some(RemoveReason::Expired) })
+/// );
+///
+/// // An instance of its own TTL, within the configuration's bounds.
+/// let long = registry.register_with_ttl(
+///     "billing",
+///     "10.0.0.2".parse().unwrap(),
+///     8080,
+///     Metadata::new(),
+///     Some(Duration::from_secs(30)),
+/// )?;
+/// assert_eq!(long.ttl, Duration::from_secs(30));
+/// assert_eq!(registry.revision(), long.revision);
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
 pub struct Registry {
     pub(crate) core: Arc<Core>,
+}
+
+/// What a register was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// The new instance's id, made by the registry.
+    pub id: Uuid,
+    /// How long the instance lives without a heartbeat: the TTL asked for, or the
+    /// configuration's (cut to a century, [`crate::config::MAX_TTL`]). A heartbeat renews it
+    /// by as much.
+    pub ttl: Duration,
+    /// The revision of the instance's `Added`.
+    pub revision: Revision,
 }
 
 impl Registry {
@@ -86,19 +131,12 @@ impl Registry {
         &self.core.config
     }
 
-    /// Registers an instance and returns its new id, live for one TTL.
-    ///
-    /// Registering the same (`service_type`, `ip`, `port`) again replaces the older entry:
-    /// its id then answers not found, and a query lists the endpoint once, with the new id
-    /// and metadata.
+    /// Registers an instance with the configuration's TTL and returns its new id:
+    /// [`Registry::register_with_ttl`] without a TTL of its own.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidServiceType`], [`Error::InvalidAddress`], [`Error::InvalidPort`] or
-    /// [`Error::InvalidMetadata`] when an argument breaks a rule or a limit of the
-    /// configuration (an instance too large for one frame of a query answer among them);
-    /// [`Error::InstanceLimit`] or [`Error::TypeLimit`] when the registry or the type
-    /// already holds its maximum of live instances (never for a replacement).
+    /// As [`Registry::register_with_ttl`].
     pub fn register(
         &self,
         service_type: &str,
@@ -106,13 +144,46 @@ impl Registry {
         port: u16,
         metadata: Metadata,
     ) -> Result<Uuid, Error> {
+        self.register_with_ttl(service_type, ip, port, metadata, None)
+            .map(|registered| registered.id)
+    }
+
+    /// Registers an instance, live for `ttl` (the configuration's `ttl` when `None`) and
+    /// renewed by as much at every heartbeat; returns its new id, its TTL and the revision
+    /// of its `Added`.
+    ///
+    /// Registering the same (`service_type`, `ip`, `port`) again replaces the older entry:
+    /// its id then answers not found (replaced), and a query lists the endpoint once, with
+    /// the new id, metadata and TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTtl`] when `ttl` is outside the configuration's
+    /// `min_ttl..=max_ttl`; [`Error::InvalidServiceType`], [`Error::InvalidAddress`],
+    /// [`Error::InvalidPort`] or [`Error::InvalidMetadata`] when an argument breaks a rule
+    /// or a limit of the configuration (an instance too large for one frame of a query
+    /// answer among them); [`Error::InstanceLimit`] or [`Error::TypeLimit`] when the
+    /// registry or the type already holds its maximum of live instances (never for a
+    /// replacement).
+    pub fn register_with_ttl(
+        &self,
+        service_type: &str,
+        ip: IpAddr,
+        port: u16,
+        metadata: Metadata,
+        ttl: Option<Duration>,
+    ) -> Result<Registered, Error> {
         let config = &self.core.config;
+        let ttl = match ttl {
+            Some(requested) => self.granted(requested)?,
+            None => self.core.default_ttl,
+        };
         rules::check_instance(config, service_type, ip, port, &metadata)?;
 
         let id = Uuid::new_v4();
         let clock = self.core.clock;
         let now = clock.now();
-        let deadline = now.saturating_add(self.core.ttl);
+        let deadline = now.saturating_add(ttl);
 
         // At a cap, free what is due first (in batches), then decide on what is left.
         let mut state = expiry::until(&self.core, now, |state| {
@@ -124,8 +195,9 @@ impl Registry {
         {
             return Err(refusal);
         }
-        state.insert(
+        let (_, revision) = state.insert(
             &clock,
+            now,
             NewEntry {
                 id,
                 service_type,
@@ -133,66 +205,139 @@ impl Registry {
                 port,
                 metadata,
                 deadline,
+                ttl,
                 timing: Timing::Timed,
             },
         );
-        // Every other filed deadline is at most its own register's `now + ttl`, so the new
-        // entry is rarely the earliest (in practice when the index was empty), and the task
-        // is woken only then.
-        let earliest = state.table.is_earliest(deadline);
-        drop(state);
-        if earliest {
-            self.core.wake_expiry.notify_one();
-        }
-        Ok(id)
+        // A new entry is the earliest filed deadline rarely (in practice when the index was
+        // empty, or when its TTL is shorter than those before it), and the task is woken
+        // only then.
+        self.wake_if_earliest(state, deadline, Timing::Timed);
+        Ok(Registered {
+            id,
+            ttl: Duration::from_nanos(ttl),
+            revision,
+        })
     }
 
-    /// Keeps an instance live for another TTL from now. False when the id is unknown or
-    /// the instance has expired: it must register again. An entry held for elsewhere
+    /// `requested` in nanoseconds, if it is a TTL the configuration allows.
+    fn granted(&self, requested: Duration) -> Result<Nanos, Error> {
+        let RegistryConfig {
+            min_ttl, max_ttl, ..
+        } = self.core.config;
+        if (min_ttl..=max_ttl).contains(&requested) {
+            Ok(nanos(requested))
+        } else {
+            Err(Error::InvalidTtl {
+                requested,
+                min: min_ttl,
+                max: max_ttl,
+            })
+        }
+    }
+
+    /// Keeps an instance live for another of its TTLs from now. An entry held for elsewhere
     /// ([`Registry::upsert`] with [`Lifetime::Held`]) is live, and stays as it is.
-    pub fn heartbeat(&self, id: Uuid) -> bool {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the id is unknown or the instance has expired (it must
+    /// register again), with the reason it went while that is remembered.
+    pub fn heartbeat(&self, id: Uuid) -> Result<(), Error> {
         let clock = self.core.clock;
         let now = clock.now();
         let mut state = self.core.lock();
         let Some(index) = state.table.find(&id) else {
-            return false;
+            return Err(state.not_found(&id, now));
         };
         let slot = state.table.slot_mut(index);
         if slot.is_held() {
-            true
+            Ok(())
         } else if slot.deadline > now {
             // The deadline index keeps the older deadline; the expiry pass files the entry
             // again when that one comes due.
-            slot.deadline = now.saturating_add(self.core.ttl);
-            true
+            slot.deadline = now.saturating_add(slot.ttl);
+            Ok(())
         } else {
             // Expired but not freed yet: free it now, the task would at this instant.
-            state.remove(&clock, index, RemoveReason::Expired);
-            false
+            state.remove(&clock, now, index, RemoveReason::Expired);
+            Err(expired())
         }
     }
 
-    /// Removes an instance at once. False when the id is unknown or the instance has
-    /// expired.
-    pub fn deregister(&self, id: Uuid) -> bool {
+    /// Replaces the metadata of a live instance, in place: it keeps its id, its endpoint
+    /// and its deadline (an update is not a heartbeat), and its type's watchers see
+    /// [`ChangeEvent::Updated`](crate::ChangeEvent::Updated) with the whole instance after
+    /// the change. Works on a held entry too. Returns the revision of the change; when
+    /// `metadata` is the instance's already, nothing changes and the answer is
+    /// [`Registry::revision`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the id is unknown or the instance has expired, with the
+    /// reason it went while that is remembered; [`Error::InvalidMetadata`] when the
+    /// metadata breaks a limit of a register's (the size of the instance in one frame of a
+    /// query answer among them). The instance is left as it was (an expired one found is
+    /// freed, as the expiry task would).
+    pub fn update(&self, id: Uuid, metadata: Metadata) -> Result<Revision, Error> {
+        let clock = self.core.clock;
+        let now = clock.now();
+        let mut state = self.core.lock();
+        let Some(index) = state.table.find(&id) else {
+            return Err(state.not_found(&id, now));
+        };
+        let slot = state.table.slot(index);
+        if !slot.is_live(now) {
+            state.remove(&clock, now, index, RemoveReason::Expired);
+            return Err(expired());
+        }
+        // Under the lock, so that the instance checked is the one changed; the rules cost
+        // about as much as encoding the instance once.
+        let service_type = state.table.type_name(slot);
+        rules::check_instance(
+            &self.core.config,
+            service_type,
+            slot.ip(),
+            slot.port,
+            &metadata,
+        )?;
+        if *slot.metadata() == metadata {
+            return Ok(state.feeds.latest());
+        }
+        Ok(state.update(&clock, index, metadata))
+    }
+
+    /// Removes an instance at once; its type's watchers see it deregistered. Returns the
+    /// revision of the removal.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::remove`].
+    pub fn deregister(&self, id: Uuid) -> Result<Revision, Error> {
         self.remove(id, RemoveReason::Deregistered)
     }
 
     /// Removes an instance at once, telling its watchers `reason`: a client's deregister,
     /// or a removal learned from elsewhere (a replicated catalogue saying it expired, was
-    /// replaced or deregistered there). False when the id is unknown or the instance has
-    /// expired here (its watchers are then told it expired).
-    pub fn remove(&self, id: Uuid, reason: RemoveReason) -> bool {
+    /// replaced or deregistered there). Returns the revision of the removal.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the id is unknown or the instance has expired here (its
+    /// watchers are then told it expired), with the reason it went while that is
+    /// remembered.
+    pub fn remove(&self, id: Uuid, reason: RemoveReason) -> Result<Revision, Error> {
         let clock = self.core.clock;
         let now = clock.now();
         let mut state = self.core.lock();
         let Some(index) = state.table.find(&id) else {
-            return false;
+            return Err(state.not_found(&id, now));
         };
-        let live = state.table.slot(index).is_live(now);
-        let reason = if live { reason } else { RemoveReason::Expired };
-        state.remove(&clock, index, reason);
-        live
+        if !state.table.slot(index).is_live(now) {
+            state.remove(&clock, now, index, RemoveReason::Expired);
+            return Err(expired());
+        }
+        Ok(state.remove(&clock, now, index, reason))
     }
 
     /// Adds or updates an instance learned from elsewhere (a store that replicates the
@@ -201,19 +346,22 @@ impl Registry {
     ///
     /// - An unknown id is added, replacing the entry of the same endpoint if there is one,
     ///   as a register does.
-    /// - A known id at the same endpoint is updated in place: its metadata, and its
-    ///   lifetime. Its watchers see a changed metadata as the old instance `Replaced`, then
-    ///   the new one `Added` (with the same id), until the protocol has an update event.
+    /// - A known id at the same endpoint is updated in place: its lifetime, and its
+    ///   metadata. Its watchers see a changed metadata as
+    ///   [`ChangeEvent::Updated`](crate::ChangeEvent::Updated), and nothing when only the
+    ///   lifetime changed.
     /// - A known id at another endpoint moves: the old entry goes (`Replaced`) and the new
     ///   one comes.
     ///
-    /// With [`Lifetime::Ttl`] the instance lives for one TTL from now, as if registered or
+    /// With [`Lifetime::Ttl`] the instance lives for its TTL from now, as if registered or
     /// heartbeated here; with [`Lifetime::Held`] it lives until it is removed, and shows
     /// `instance.last_heartbeat` as its last heartbeat.
     ///
     /// # Errors
     ///
-    /// The rule the instance breaks, as for [`Registry::register`]; nothing changes then.
+    /// The rule the instance breaks, as for [`Registry::register`], and
+    /// [`Error::InvalidTtl`] for a TTL outside the configuration's bounds; nothing changes
+    /// then.
     pub fn upsert(&self, instance: Instance, lifetime: Lifetime) -> Result<(), Error> {
         let Instance {
             id,
@@ -225,29 +373,35 @@ impl Registry {
         } = instance;
         rules::check_instance(&self.core.config, &service_type, ip, port, &metadata)?;
         let clock = self.core.clock;
-        let (deadline, timing) = match lifetime {
-            Lifetime::Ttl => (clock.now().saturating_add(self.core.ttl), Timing::Timed),
-            Lifetime::Held => (Clock::held(last_heartbeat), Timing::Held),
+        let now = clock.now();
+        let (deadline, ttl, timing) = match lifetime {
+            Lifetime::Ttl(requested) => {
+                let ttl = self.granted(requested)?;
+                (now.saturating_add(ttl), ttl, Timing::Timed)
+            }
+            Lifetime::Held => (Clock::held(last_heartbeat), 0, Timing::Held),
         };
         let mut state = self.core.lock();
         let same = state
             .table
             .find(&id)
             .filter(|&index| state.table.find_endpoint(&service_type, ip, port) == Some(index));
-        // The same id at the same endpoint with the same metadata: only its lifetime.
-        if let Some(index) = same
-            && *state.table.slot(index).metadata() == metadata
-        {
-            state.table.set_timing(index, deadline, timing);
+        // The same id at the same endpoint: its lifetime, and its metadata if it changed.
+        if let Some(index) = same {
+            state.table.set_timing(index, deadline, ttl, timing);
+            if *state.table.slot(index).metadata() != metadata {
+                state.update(&clock, index, metadata);
+            }
             self.wake_if_earliest(state, deadline, timing);
             return Ok(());
         }
         // Otherwise the old entry of this id goes (replaced), and the new one comes.
         if let Some(old) = state.table.find(&id) {
-            state.remove(&clock, old, RemoveReason::Replaced);
+            state.replace(&clock, now, old);
         }
         state.insert(
             &clock,
+            now,
             NewEntry {
                 id,
                 service_type: &service_type,
@@ -255,6 +409,7 @@ impl Registry {
                 port,
                 metadata,
                 deadline,
+                ttl,
                 timing,
             },
         );
@@ -271,6 +426,7 @@ impl Registry {
             self.core.wake_expiry.notify_one();
         }
     }
+
     /// Every live instance of `service_type`, in no particular order.
     ///
     /// Its cost is proportional to the instances of that type, whatever the registry holds
@@ -282,10 +438,11 @@ impl Registry {
     }
 
     /// Visits every live instance of `service_type`, in no particular order, as borrowed
-    /// views that encode like [`Instance`]: a query answer is written from them without
+    /// views that encode like an [`Entry`](discovery_proto::Entry) (an instance without its
+    /// type, which the answer says once): a query answer is written from them without
     /// copying the instances first. The lock is held while `visit` runs, so it must be
     /// quick (encoding is).
-    pub fn query_each(&self, service_type: &str, mut visit: impl FnMut(InstanceRef<'_>)) {
+    pub fn query_each(&self, service_type: &str, mut visit: impl FnMut(EntryRef<'_>)) {
         let clock = self.core.clock;
         let now = clock.now();
         let state = self.core.lock();
@@ -293,15 +450,65 @@ impl Registry {
         for &index in table.members(service_type) {
             let slot = table.slot(index);
             if slot.is_live(now) {
-                visit(InstanceRef {
+                visit(EntryRef {
                     id: slot.id,
-                    service_type: table.type_name(slot),
                     ip: slot.ip(),
                     port: slot.port,
                     metadata: slot.metadata(),
-                    last_heartbeat_ms: clock.shown_ms(slot.deadline, slot.is_held(), state.ttl),
+                    last_heartbeat_ms: clock.shown_ms(slot.deadline, slot.is_held(), slot.ttl),
                 });
             }
+        }
+    }
+
+    /// Every type with at least one live instance, and how many it has, sorted by type.
+    ///
+    /// Exact: what is due is freed first (in batches, as for a new watch), so the count of
+    /// each type's entries under the last hold of the lock is its count of live instances.
+    /// Its cost is proportional to the number of types, besides what it frees.
+    pub fn types(&self) -> Vec<(String, usize)> {
+        let now = self.core.clock.now();
+        let state = expiry::until(&self.core, now, |_| false);
+        let mut types: Vec<(String, usize)> = state
+            .table
+            .type_sizes()
+            .filter(|&(_, count)| count > 0)
+            .map(|(name, count)| (name.to_string(), count))
+            .collect();
+        drop(state);
+        types.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        types
+    }
+
+    /// The latest revision given out: that of the last change, of any type (or of the
+    /// last new watch feed, which takes one of its own).
+    pub fn revision(&self) -> Revision {
+        self.core.lock().feeds.latest()
+    }
+
+    /// True once this registry has reached `min`: at once when `min` is of another
+    /// incarnation (a revision of an earlier run of the server is history here) or no later
+    /// than [`Registry::revision`]; otherwise when a change reaches it within `wait`.
+    /// False when `wait` passes first.
+    ///
+    /// For a caller that must not answer from a state older than one it has been told of
+    /// (read-your-writes across servers). Waiting costs the changes nothing while no one
+    /// waits.
+    pub async fn reached(&self, min: Revision, wait: Duration) -> bool {
+        let mut revisions = {
+            let state = self.core.lock();
+            let latest = state.feeds.latest();
+            if min.incarnation != latest.incarnation || min.seq <= latest.seq {
+                return true;
+            }
+            // Subscribed under the lock of the look: any later change is sent to it.
+            state.feeds.wait_for_revisions()
+        };
+        let reached = revisions.wait_for(|&seq| seq >= min.seq);
+        match tokio::time::Instant::now().checked_add(wait) {
+            Some(deadline) => matches!(tokio::time::timeout_at(deadline, reached).await, Ok(Ok(_))),
+            // A wait too long for an `Instant` is forever.
+            None => reached.await.is_ok(),
         }
     }
 
@@ -420,11 +627,20 @@ impl Registry {
 /// How long an instance learned from elsewhere lives here ([`Registry::upsert`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {
-    /// One TTL from now, renewed by heartbeats here: the instance is this registry's to
-    /// time, as if its client had registered here.
-    Ttl,
+    /// This TTL from now, renewed by as much at each heartbeat here: the instance is this
+    /// registry's to time, as if its client had registered here. The TTL is the one the
+    /// instance was granted where it registered, and must be within this configuration's
+    /// `min_ttl..=max_ttl` like a register's.
+    Ttl(Duration),
     /// Until it is removed: another server times it, and says when it is gone.
     Held,
+}
+
+/// The refusal of a call about an instance found expired (and freed by the call).
+fn expired() -> Error {
+    Error::NotFound {
+        reason: Some(RemoveReason::Expired),
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -494,21 +710,21 @@ mod tests {
 
         let a1_again = register(&registry, "a", 1);
         assert_consistent(&registry);
-        assert!(!registry.heartbeat(a1));
+        assert!(registry.heartbeat(a1).is_err());
 
-        assert!(registry.deregister(b1));
+        assert!(registry.deregister(b1).is_ok());
         assert_consistent(&registry);
         assert_eq!(type_count(&registry), 1);
 
         advance(Duration::from_secs(2)).await;
-        assert!(registry.heartbeat(a2));
+        assert!(registry.heartbeat(a2).is_ok());
         advance(TTL - Duration::from_secs(2)).await;
         registry.expire_due_now();
         // a1_again expired; a2 was filed again under its new deadline.
-        assert!(!registry.heartbeat(a1_again));
+        assert!(registry.heartbeat(a1_again).is_err());
         assert_eq!(registry.len(), 1);
 
-        assert!(registry.deregister(a2));
+        assert!(registry.deregister(a2).is_ok());
         assert_eq!(type_count(&registry), 0);
         assert!(registry.is_empty());
     }
@@ -520,8 +736,8 @@ mod tests {
             let a = register(&registry, "a", 1);
             let b = register(&registry, if round % 2 == 0 { "b" } else { "c" }, 2);
             assert_consistent(&registry);
-            assert!(registry.deregister(a));
-            assert!(registry.deregister(b));
+            assert!(registry.deregister(a).is_ok());
+            assert!(registry.deregister(b).is_ok());
             assert_consistent(&registry);
         }
         let state = registry.core.lock();
@@ -534,12 +750,12 @@ mod tests {
         let stays = register(&registry, "a", 1);
         let goes = register(&registry, "a", 2);
         advance(TTL - Duration::from_millis(1)).await;
-        assert!(registry.heartbeat(stays));
+        assert!(registry.heartbeat(stays).is_ok());
         advance(Duration::from_millis(1)).await;
         let next = expire_due(&registry, usize::MAX);
         let expected = Instant::now() + TTL - Duration::from_millis(1);
         assert_eq!(next, Expiry::Until(expected));
-        assert!(!registry.heartbeat(goes));
+        assert!(registry.heartbeat(goes).is_err());
         assert_eq!(registry.len(), 1);
         assert_consistent(&registry);
     }
@@ -573,13 +789,75 @@ mod tests {
         assert_eq!(registry.len(), 3);
 
         assert!(registry.query("b").is_empty());
-        assert!(!registry.heartbeat(by_heartbeat));
-        assert!(!registry.deregister(by_deregister));
+        let expired = Err(Error::NotFound {
+            reason: Some(RemoveReason::Expired),
+        });
+        assert_eq!(registry.heartbeat(by_heartbeat), expired);
+        assert_eq!(registry.deregister(by_deregister).map(drop), expired);
         // The heartbeat and the deregister freed theirs; the query left its one to the task.
         assert_eq!(registry.len(), 1);
-        assert!(!registry.heartbeat(by_query));
+        assert_eq!(registry.heartbeat(by_query), expired);
         assert!(registry.is_empty());
         assert_consistent(&registry);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn types_are_counted_exactly_with_expired_entries_not_freed() {
+        let registry = Registry::without_expiry_task(RegistryConfig {
+            ttl: TTL,
+            ..RegistryConfig::default()
+        });
+        register(&registry, "a", 1);
+        register(&registry, "a", 2);
+        register(&registry, "b", 1);
+        advance(Duration::from_secs(1)).await;
+        let later = register(&registry, "b", 2);
+        advance(TTL - Duration::from_secs(1)).await;
+        // Four entries held, one of them live; no task has run.
+        assert_eq!(registry.len(), 4);
+        assert_eq!(registry.types(), vec![("b".to_string(), 1)]);
+        assert_eq!(registry.len(), 1, "the listing freed what was due");
+        assert_consistent(&registry);
+        assert!(registry.heartbeat(later).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_of_removals_never_holds_more_than_its_bound() {
+        let registry = Registry::new(RegistryConfig {
+            ttl: TTL,
+            remembered_removals: 3,
+            ..RegistryConfig::default()
+        });
+        let remembered = |registry: &Registry| registry.core.lock().removals.len();
+        let ids: Vec<Uuid> = (1..=5).map(|last| register(&registry, "a", last)).collect();
+        for &id in &ids {
+            assert!(registry.deregister(id).is_ok());
+            assert!(remembered(&registry) <= 3);
+        }
+        assert_eq!(remembered(&registry), 3);
+        // A mass expiry too.
+        for last in 10..30 {
+            register(&registry, "b", last);
+        }
+        advance(TTL).await;
+        registry.expire_due_now();
+        assert_eq!(remembered(&registry), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_pass_forgets_old_removals() {
+        let max_ttl = Duration::from_secs(60);
+        let registry = Registry::without_expiry_task(RegistryConfig {
+            ttl: TTL,
+            max_ttl,
+            ..RegistryConfig::default()
+        });
+        let id = register(&registry, "a", 1);
+        assert!(registry.deregister(id).is_ok());
+        assert_eq!(registry.core.lock().removals.len(), 1);
+        advance(max_ttl).await;
+        registry.expire_due_now();
+        assert_eq!(registry.core.lock().removals.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -602,7 +880,7 @@ mod tests {
         let old = register(&registry, "a", 1);
         advance(TTL).await;
         let new = register(&registry, "a", 1);
-        assert!(!registry.heartbeat(old));
+        assert!(registry.heartbeat(old).is_err());
         assert_eq!(registry.query("a").len(), 1);
         assert_eq!(registry.query("a")[0].id, new);
         assert_eq!(registry.len(), 1);
@@ -616,7 +894,7 @@ mod tests {
         let id = register(&registry, "a", 1);
         assert_eq!(registry.query("a")[0].last_heartbeat, start);
         advance(Duration::from_millis(1500)).await;
-        assert!(registry.heartbeat(id));
+        assert!(registry.heartbeat(id).is_ok());
         let shown = registry.query("a")[0].last_heartbeat;
         assert_eq!(shown - start, chrono::TimeDelta::milliseconds(1500));
     }

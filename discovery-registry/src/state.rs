@@ -1,33 +1,43 @@
 //! What every handle of one registry shares: the configuration, the clocks, and under one
-//! lock the table and the change feeds, with the steps every change is made of.
+//! lock the table, the change feeds and the memory of removals, with the steps every change
+//! is made of.
 //!
-//! Each change to the table goes through [`State::insert`] or [`State::remove`], which
-//! publish it to the type's feed under the same lock as they make it: a client's register,
-//! an expiry and a change learned from elsewhere reach the watchers alike, in the order
-//! they happened.
+//! Each change to the table goes through [`State::insert`], [`State::update`] or
+//! [`State::remove`], which give it the next revision and publish it to the type's feed
+//! under the same lock as they make it: a client's register, an expiry and a change learned
+//! from elsewhere reach the watchers alike, in the order they happened. Every removal is
+//! remembered there too, with its reason, so that a later call about the id can be told why
+//! it is gone.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use discovery_proto::{Instance, RemoveReason};
+use discovery_proto::{Instance, Metadata, RemoveReason, Revision};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::RegistryConfig;
 use crate::clock::{Clock, Nanos};
+use crate::config::MAX_TTL;
 use crate::error::Error;
 use crate::feed::{ChangeEvent, Feeds};
+use crate::removals::Removals;
 use crate::table::{Due, NewEntry, Removed, Slot, Table};
 
-/// The longest TTL the registry uses: any longer one is cut to this, so that deadlines in
-/// nanoseconds since the epoch can never overflow (a century is forever to a registry).
-const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+/// `ttl` in nanoseconds, cut to [`MAX_TTL`], so that a deadline in nanoseconds since the
+/// epoch can never overflow (a century is forever to a registry): a configuration that was
+/// not validated may say more.
+pub(crate) fn nanos(ttl: Duration) -> Nanos {
+    u64::try_from(ttl.min(MAX_TTL).as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// The state behind every handle of one registry.
 pub(crate) struct Core {
     pub(crate) config: RegistryConfig,
-    /// `config.ttl` in nanoseconds, cut to [`MAX_TTL`].
-    pub(crate) ttl: Nanos,
+    /// `config.ttl` in nanoseconds, cut to [`MAX_TTL`]: the TTL of a register that asks
+    /// for none of its own.
+    pub(crate) default_ttl: Nanos,
     pub(crate) clock: Clock,
     /// A std mutex, not tokio's: every critical section is a few map operations, never held
     /// across an `.await`, and an async mutex would only add cost to each of them.
@@ -56,15 +66,15 @@ impl Core {
             config.watch_queue,
             config.watch_window,
         );
-        let ttl = u64::try_from(config.ttl.min(MAX_TTL).as_nanos()).unwrap_or(u64::MAX);
+        let removals = Removals::new(nanos(config.max_ttl), config.remembered_removals);
         Core {
-            ttl,
+            default_ttl: nanos(config.ttl),
             clock: Clock::new(),
             config,
             state: Mutex::new(State {
-                ttl,
                 table: Table::new(),
                 feeds,
+                removals,
             }),
             wake_expiry: Arc::new(Notify::new()),
             passes: watch::Sender::new(0),
@@ -78,14 +88,14 @@ impl Core {
     }
 }
 
-/// The table and the feeds, under the registry's lock.
+/// The table, the feeds and the memory of removals, under the registry's lock.
 pub(crate) struct State {
-    /// `Core::ttl`, here too so that the state can tell the instances it removes.
-    pub(crate) ttl: Nanos,
     pub(crate) table: Table,
-    /// The change feeds of watched types; changes are published under the same lock as
-    /// they are made, so a watcher sees them in the order they happened.
+    /// The revisions, and the change feeds of watched types: changes are published under
+    /// the same lock as they are made, so a watcher sees them in the order they happened.
     pub(crate) feeds: Feeds,
+    /// Why the recently removed ids went, recorded with each removal.
+    pub(crate) removals: Removals,
 }
 
 /// What the expiry task should do after a pass.
@@ -117,33 +127,72 @@ impl State {
         None
     }
 
-    /// Adds an entry, replacing the entry of the same endpoint if there is one, and tells
-    /// the type's watchers. Returns the new entry's slot.
-    pub(crate) fn insert(&mut self, clock: &Clock, entry: NewEntry<'_>) -> u32 {
+    /// Adds an entry at `now`, replacing the entry of the same endpoint if there is one,
+    /// and tells the type's watchers. Returns the new entry's slot and the revision of its
+    /// `Added`.
+    pub(crate) fn insert(
+        &mut self,
+        clock: &Clock,
+        now: Nanos,
+        entry: NewEntry<'_>,
+    ) -> (u32, Revision) {
         if let Some(older) = self
             .table
             .find_endpoint(entry.service_type, entry.ip, entry.port)
         {
-            self.remove(clock, older, RemoveReason::Replaced);
+            self.replace(clock, now, older);
         }
         let index = self.table.insert(entry);
-        self.publish_added(clock, index);
-        index
+        let State { table, feeds, .. } = self;
+        let slot = table.slot(index);
+        let revision = feeds.publish(table.type_name(slot), || {
+            ChangeEvent::Added(instance(table, clock, slot))
+        });
+        (index, revision)
     }
 
-    /// Tells the watchers of an entry's type that it is there.
-    pub(crate) fn publish_added(&mut self, clock: &Clock, index: u32) {
-        let State { table, feeds, ttl } = self;
+    /// Replaces an entry's metadata in place (its id, endpoint and deadline stay), and tells
+    /// the type's watchers. Returns the revision of the change.
+    pub(crate) fn update(&mut self, clock: &Clock, index: u32, metadata: Metadata) -> Revision {
+        self.table.set_metadata(index, metadata);
+        let State { table, feeds, .. } = self;
         let slot = table.slot(index);
         feeds.publish(table.type_name(slot), || {
-            ChangeEvent::Added(instance(table, clock, *ttl, slot))
-        });
+            ChangeEvent::Updated(instance(table, clock, slot))
+        })
     }
 
-    /// Frees an entry, and tells its type's watchers why it went.
-    pub(crate) fn remove(&mut self, clock: &Clock, index: u32, reason: RemoveReason) {
+    /// Frees an entry at `now`, remembers why it went, and tells its type's watchers.
+    /// Returns the revision of the removal.
+    pub(crate) fn remove(
+        &mut self,
+        clock: &Clock,
+        now: Nanos,
+        index: u32,
+        reason: RemoveReason,
+    ) -> Revision {
         let removed = self.table.remove(index);
-        publish_removed(&mut self.feeds, clock, self.ttl, removed, reason);
+        self.removals.record(now, removed.id, reason);
+        publish_removed(&mut self.feeds, clock, removed, reason)
+    }
+
+    /// Frees an entry that a new one takes the place of: replaced if it was live at `now`,
+    /// expired if its deadline had passed, whether or not the expiry task had freed it yet.
+    pub(crate) fn replace(&mut self, clock: &Clock, now: Nanos, index: u32) -> Revision {
+        let reason = if self.table.slot(index).is_live(now) {
+            RemoveReason::Replaced
+        } else {
+            RemoveReason::Expired
+        };
+        self.remove(clock, now, index, reason)
+    }
+
+    /// The refusal of a call about `id`, which is not in the table at `now`: with why it
+    /// went, while that is remembered.
+    pub(crate) fn not_found(&self, id: &Uuid, now: Nanos) -> Error {
+        Error::NotFound {
+            reason: self.removals.reason(id, now),
+        }
     }
 
     /// The live instances of a type.
@@ -153,7 +202,7 @@ impl State {
             .iter()
             .map(|&index| self.table.slot(index))
             .filter(|slot| slot.is_live(now))
-            .map(|slot| instance(&self.table, clock, self.ttl, slot))
+            .map(|slot| instance(&self.table, clock, slot))
             .collect()
     }
 
@@ -168,16 +217,23 @@ impl State {
         entries || feeds
     }
 
-    /// Frees the entries due at `now` (at most `budget` of them) and forgets the watch
-    /// feeds whose window has passed; says when to come back.
+    /// Frees the entries due at `now` (at most `budget` of them), forgets the watch feeds
+    /// whose window has passed and the removals remembered long enough; says when to come
+    /// back.
     pub(crate) fn expire_due(&mut self, clock: &Clock, now: Nanos, budget: usize) -> Expiry {
         let next_forget = clock
             .instant(now)
             .and_then(|now| self.feeds.forget_due(now));
-        let State { table, feeds, ttl } = self;
+        let State {
+            table,
+            feeds,
+            removals,
+        } = self;
+        removals.forget_old(now);
         let due = table.expire_due(now, budget, |table, index| {
             let removed = table.remove(index);
-            publish_removed(feeds, clock, *ttl, removed, RemoveReason::Expired);
+            removals.record(now, removed.id, RemoveReason::Expired);
+            publish_removed(feeds, clock, removed, RemoveReason::Expired);
         });
         let due_at = match due {
             Due::More => return Expiry::More,
@@ -194,39 +250,39 @@ impl State {
 }
 
 /// The instance a slot holds, as a query lists it.
-fn instance(table: &Table, clock: &Clock, ttl: Nanos, slot: &Slot) -> Instance {
+fn instance(table: &Table, clock: &Clock, slot: &Slot) -> Instance {
     Instance {
         id: slot.id,
         service_type: table.type_name(slot).to_string(),
         ip: slot.ip(),
         port: slot.port,
         metadata: slot.metadata().clone(),
-        last_heartbeat: clock.shown(slot.deadline, slot.is_held(), ttl),
+        last_heartbeat: clock.shown(slot.deadline, slot.is_held(), slot.ttl),
     }
 }
 
-/// Tells the watchers of a removed entry's type that it went, and why.
+/// Takes the revision of a removal, and tells the watchers of the entry's type that it
+/// went, and why.
 fn publish_removed(
     feeds: &mut Feeds,
     clock: &Clock,
-    ttl: Nanos,
     removed: Removed,
     reason: RemoveReason,
-) {
+) -> Revision {
     let service_type = Arc::clone(&removed.service_type);
     feeds.publish(&service_type, || {
-        ChangeEvent::Removed(removed_instance(removed, clock, ttl), reason)
-    });
+        ChangeEvent::Removed(removed_instance(removed, clock), reason)
+    })
 }
 
 /// An entry taken out of the table, as the instance it was.
-fn removed_instance(removed: Removed, clock: &Clock, ttl: Nanos) -> Instance {
+fn removed_instance(removed: Removed, clock: &Clock) -> Instance {
     Instance {
         id: removed.id,
         service_type: removed.service_type.to_string(),
         ip: removed.ip,
         port: removed.port,
         metadata: removed.metadata.map(|m| *m).unwrap_or_default(),
-        last_heartbeat: clock.shown(removed.deadline, removed.held, ttl),
+        last_heartbeat: clock.shown(removed.deadline, removed.held, removed.ttl),
     }
 }

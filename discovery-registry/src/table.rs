@@ -1,8 +1,8 @@
 //! The instance table: the registry's entries in compact slots, and the indexes over them.
 //!
 //! Memory per live instance is what decides how many instances one server holds, so every
-//! entry is one 64-byte slot in a slab, and every index holds 4-byte slot numbers rather
-//! than copies of keys:
+//! entry is one 72-byte slot in a slab (71 bytes of fields, 8 of them the instance's own
+//! TTL), and every index holds 4-byte slot numbers rather than copies of keys:
 //!
 //! - `slots`: the entries, reused through a free list; a slot's `generation` changes each
 //!   time it is freed (or stops being timed here), so that a stale reference to it is
@@ -40,6 +40,10 @@ pub(crate) struct Slot {
     pub(crate) id: Uuid,
     /// Gone from this instant on.
     pub(crate) deadline: Nanos,
+    /// The instance's own TTL, granted at its register: what a heartbeat renews it by, and
+    /// what its shown last heartbeat is derived with. 0 for a held entry, which shows the
+    /// time it was given.
+    pub(crate) ttl: Nanos,
     /// `None` for the common case of no metadata, which then costs no allocation.
     metadata: Option<Box<Metadata>>,
     /// An IPv4 address in its first 4 bytes when [`V4`] is set, else an IPv6 address.
@@ -52,6 +56,9 @@ pub(crate) struct Slot {
     /// [`V4`], [`OCCUPIED`] and [`HELD`].
     flags: u8,
 }
+
+// The size every live instance costs in the slab: keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<Slot>() <= 72);
 
 /// The slot's `ip` is an IPv4 address in its first 4 bytes.
 const V4: u8 = 1;
@@ -120,6 +127,7 @@ pub(crate) struct Removed {
     pub(crate) port: u16,
     pub(crate) metadata: Option<Box<Metadata>>,
     pub(crate) deadline: Nanos,
+    pub(crate) ttl: Nanos,
     pub(crate) held: bool,
 }
 
@@ -166,6 +174,8 @@ pub(crate) struct NewEntry<'a> {
     pub(crate) port: u16,
     pub(crate) metadata: Metadata,
     pub(crate) deadline: Nanos,
+    /// The entry's TTL (0 for a held entry).
+    pub(crate) ttl: Nanos,
     pub(crate) timing: Timing,
 }
 
@@ -295,6 +305,7 @@ impl Table {
             port,
             metadata,
             deadline,
+            ttl,
             timing,
         } = entry;
         let type_index = self.intern(service_type);
@@ -304,6 +315,7 @@ impl Table {
         let slot = Slot {
             id,
             deadline,
+            ttl,
             metadata: (!metadata.is_empty()).then(|| Box::new(metadata)),
             ip: endpoint.ip,
             type_index,
@@ -342,12 +354,13 @@ impl Table {
         index
     }
 
-    /// Makes an entry timed here until `deadline`, or held with `deadline` as the time it
-    /// shows. A held entry's old reference in the deadline index is made stale.
-    pub(crate) fn set_timing(&mut self, index: u32, deadline: Nanos, timing: Timing) {
+    /// Makes an entry timed here until `deadline` with `ttl`, or held with `deadline` as the
+    /// time it shows. A held entry's old reference in the deadline index is made stale.
+    pub(crate) fn set_timing(&mut self, index: u32, deadline: Nanos, ttl: Nanos, timing: Timing) {
         let slot = &mut self.slots[index as usize];
         let was_held = slot.is_held();
         slot.deadline = deadline;
+        slot.ttl = ttl;
         match timing {
             Timing::Held => {
                 slot.flags |= HELD;
@@ -362,6 +375,18 @@ impl Table {
                 }
             }
         }
+    }
+
+    /// Replaces an entry's metadata; no index depends on it.
+    pub(crate) fn set_metadata(&mut self, index: u32, metadata: Metadata) {
+        self.slots[index as usize].metadata = (!metadata.is_empty()).then(|| Box::new(metadata));
+    }
+
+    /// Every type with entries (live or not yet freed), and how many it has.
+    pub(crate) fn type_sizes(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.type_index
+            .iter()
+            .map(|(name, &index)| (name, self.types[index as usize].members.len()))
     }
 
     /// Takes an entry out of every index and frees its slot.
@@ -397,6 +422,7 @@ impl Table {
             port: slot.port,
             metadata: slot.metadata.take(),
             deadline: slot.deadline,
+            ttl: slot.ttl,
             held: slot.is_held(),
         };
         slot.flags &= !OCCUPIED;

@@ -74,28 +74,32 @@ async fn a_held_instance_lives_until_removed_and_shows_its_own_time() {
     settle(&registry).await;
     assert_eq!(registry.query("billing"), vec![held.clone()]);
     // A heartbeat here neither fails nor takes it over.
-    assert!(registry.heartbeat(held.id));
+    assert!(registry.heartbeat(held.id).is_ok());
     advance(TTL * 10).await;
     settle(&registry).await;
     assert_eq!(registry.query("billing").len(), 1);
     nothing_more(&mut changes);
 
-    assert!(registry.remove(held.id, RemoveReason::Expired));
+    assert!(registry.remove(held.id, RemoveReason::Expired).is_ok());
     match &next(&mut changes).event {
         ChangeEvent::Removed(i, RemoveReason::Expired) => assert_eq!(i.id, held.id),
         other => panic!("{other:?}"),
     }
     assert!(registry.is_empty());
-    assert!(!registry.remove(held.id, RemoveReason::Deregistered));
+    assert!(
+        registry
+            .remove(held.id, RemoveReason::Deregistered)
+            .is_err()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_timed_instance_from_outside_expires_like_a_registered_one() {
     let registry = registry();
     let taken = instance(1, 1, &[]);
-    registry.upsert(taken.clone(), Lifetime::Ttl).unwrap();
+    registry.upsert(taken.clone(), Lifetime::Ttl(TTL)).unwrap();
     advance(TTL - Duration::from_millis(1)).await;
-    assert!(registry.heartbeat(taken.id));
+    assert!(registry.heartbeat(taken.id).is_ok());
     advance(TTL - Duration::from_millis(1)).await;
     assert_eq!(registry.query("billing").len(), 1);
     advance(Duration::from_millis(1)).await;
@@ -107,14 +111,14 @@ async fn a_timed_instance_from_outside_expires_like_a_registered_one() {
 async fn held_and_timed_change_places_without_being_freed_early() {
     let registry = registry();
     let entry = instance(1, 1, &[]);
-    registry.upsert(entry.clone(), Lifetime::Ttl).unwrap();
+    registry.upsert(entry.clone(), Lifetime::Ttl(TTL)).unwrap();
     // Held before its deadline: the old deadline no longer counts.
     registry.upsert(entry.clone(), Lifetime::Held).unwrap();
     advance(TTL * 2).await;
     settle(&registry).await;
     assert_eq!(registry.len(), 1);
     // Timed again: one TTL from now.
-    registry.upsert(entry.clone(), Lifetime::Ttl).unwrap();
+    registry.upsert(entry.clone(), Lifetime::Ttl(TTL)).unwrap();
     advance(TTL - Duration::from_millis(1)).await;
     settle(&registry).await;
     assert_eq!(registry.len(), 1);
@@ -135,12 +139,52 @@ async fn an_update_reaches_watchers_and_the_same_update_is_silent() {
 
     let v2 = instance(1, 1, &[("version", "2")]);
     registry.upsert(v2.clone(), Lifetime::Held).unwrap();
-    assert!(matches!(
-        &next(&mut changes).event,
-        ChangeEvent::Removed(i, RemoveReason::Replaced) if *i == v1
-    ));
-    assert!(matches!(&next(&mut changes).event, ChangeEvent::Added(i) if *i == v2));
+    // One event: the instance after the change, under the same id.
+    assert!(matches!(&next(&mut changes).event, ChangeEvent::Updated(i) if *i == v2));
+    nothing_more(&mut changes);
     assert_eq!(registry.query("billing"), vec![v2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_instance_from_outside_keeps_the_ttl_it_was_granted() {
+    let registry = registry();
+    let long = TTL * 3;
+    let taken = instance(1, 1, &[]);
+    registry.upsert(taken.clone(), Lifetime::Ttl(long)).unwrap();
+    advance(long - Duration::from_millis(1)).await;
+    // A heartbeat here renews it by its own TTL, not the configuration's.
+    assert!(registry.heartbeat(taken.id).is_ok());
+    advance(long - Duration::from_millis(1)).await;
+    settle(&registry).await;
+    assert_eq!(registry.query("billing").len(), 1);
+    advance(Duration::from_millis(1)).await;
+    settle(&registry).await;
+    assert!(registry.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ttl_from_outside_is_checked_like_a_registers() {
+    let registry = registry();
+    let config = registry.config().clone();
+    for requested in [
+        config.min_ttl - Duration::from_millis(1),
+        config.max_ttl + Duration::from_millis(1),
+    ] {
+        assert_eq!(
+            registry.upsert(instance(1, 1, &[]), Lifetime::Ttl(requested)),
+            Err(Error::InvalidTtl {
+                requested,
+                min: config.min_ttl,
+                max: config.max_ttl,
+            })
+        );
+    }
+    assert!(registry.is_empty());
+    for bound in [config.min_ttl, config.max_ttl] {
+        registry
+            .upsert(instance(1, 1, &[]), Lifetime::Ttl(bound))
+            .expect("a bound is allowed");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -158,7 +202,7 @@ async fn the_endpoint_rule_holds_for_changes_from_outside() {
         ChangeEvent::Removed(i, RemoveReason::Replaced) if i.id == local
     ));
     assert!(matches!(&next(&mut changes).event, ChangeEvent::Added(i) if *i == remote));
-    assert!(!registry.heartbeat(local));
+    assert!(registry.heartbeat(local).is_err());
 
     // The same id at another endpoint moves.
     let moved = instance(7, 2, &[]);

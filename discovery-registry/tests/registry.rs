@@ -70,8 +70,8 @@ async fn live_until_one_ms_before_the_ttl_and_gone_at_it() {
 
     advance(MS).await;
     assert!(registry.query("billing").is_empty());
-    assert!(!registry.heartbeat(id));
-    assert!(!registry.deregister(id));
+    assert!(registry.heartbeat(id).is_err());
+    assert!(registry.deregister(id).is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -82,7 +82,7 @@ async fn a_heartbeat_extends_the_deadline() {
         .unwrap();
 
     advance(Duration::from_secs(3)).await;
-    assert!(registry.heartbeat(id));
+    assert!(registry.heartbeat(id).is_ok());
 
     // The old deadline passes: still live, still held.
     advance(Duration::from_secs(2)).await;
@@ -95,7 +95,7 @@ async fn a_heartbeat_extends_the_deadline() {
     assert_eq!(ids(&registry.query("billing")), vec![id]);
     advance(MS).await;
     assert!(registry.query("billing").is_empty());
-    assert!(!registry.heartbeat(id));
+    assert!(registry.heartbeat(id).is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -105,7 +105,7 @@ async fn a_heartbeat_updates_the_wall_clock_time() {
         .register("billing", ip(1), 8080, Metadata::new())
         .unwrap();
     let before = registry.query("billing")[0].last_heartbeat;
-    assert!(registry.heartbeat(id));
+    assert!(registry.heartbeat(id).is_ok());
     let after = registry.query("billing")[0].last_heartbeat;
     assert!(after >= before);
 }
@@ -158,7 +158,7 @@ async fn entries_registered_later_expire_later() {
     settle(&registry).await;
     assert_eq!(ids(&registry.query("billing")), vec![second]);
     assert_eq!(registry.len(), 1);
-    assert!(!registry.heartbeat(first));
+    assert!(registry.heartbeat(first).is_err());
 
     advance(Duration::from_secs(2)).await;
     settle(&registry).await;
@@ -196,7 +196,7 @@ async fn a_heartbeated_entry_is_filed_again_not_freed_at_its_old_deadline() {
     for _ in 0..4 {
         advance(TTL - MS).await;
         settle(&registry).await;
-        assert!(registry.heartbeat(id));
+        assert!(registry.heartbeat(id).is_ok());
         assert_eq!(registry.len(), 1);
     }
     advance(TTL - MS).await;
@@ -207,7 +207,7 @@ async fn a_heartbeated_entry_is_filed_again_not_freed_at_its_old_deadline() {
     advance(MS).await;
     settle(&registry).await;
     assert_eq!(registry.len(), 0);
-    assert!(!registry.heartbeat(id));
+    assert!(registry.heartbeat(id).is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,7 +218,7 @@ async fn a_heartbeat_for_an_expired_entry_frees_it() {
         .unwrap();
     advance(TTL).await;
     // Whether or not the task has run yet, the answer and the memory are the same.
-    assert!(!registry.heartbeat(id));
+    assert!(registry.heartbeat(id).is_err());
     assert_eq!(registry.len(), 0);
 }
 
@@ -234,8 +234,8 @@ async fn the_same_endpoint_replaces_the_older_entry() {
         .unwrap();
     assert_ne!(old, new);
 
-    assert!(!registry.heartbeat(old));
-    assert!(!registry.deregister(old));
+    assert!(registry.heartbeat(old).is_err());
+    assert!(registry.deregister(old).is_err());
     let listed = registry.query("billing");
     assert_eq!(ids(&listed), vec![new]);
     assert_eq!(listed[0].metadata, meta(&[("v", "2")]));
@@ -245,7 +245,7 @@ async fn the_same_endpoint_replaces_the_older_entry() {
     advance(TTL - MS).await;
     settle(&registry).await;
     assert_eq!(ids(&registry.query("billing")), vec![new]);
-    assert!(registry.heartbeat(new));
+    assert!(registry.heartbeat(new).is_ok());
 }
 
 #[tokio::test(start_paused = true)]
@@ -279,13 +279,13 @@ async fn deregister_frees_at_once() {
     let id = registry
         .register("billing", ip(1), 8080, Metadata::new())
         .unwrap();
-    assert!(registry.deregister(id));
+    assert!(registry.deregister(id).is_ok());
     assert_eq!(registry.len(), 0);
     assert!(registry.query("billing").is_empty());
-    assert!(!registry.deregister(id));
-    assert!(!registry.heartbeat(id));
-    assert!(!registry.deregister(Uuid::new_v4()));
-    assert!(!registry.heartbeat(Uuid::new_v4()));
+    assert!(registry.deregister(id).is_err());
+    assert!(registry.heartbeat(id).is_err());
+    assert!(registry.deregister(Uuid::new_v4()).is_err());
+    assert!(registry.heartbeat(Uuid::new_v4()).is_err());
 
     // Its deadline coming due later finds nothing to do, and later entries are unaffected.
     let other = registry
@@ -303,7 +303,7 @@ async fn deregister_of_an_expired_entry_is_not_found() {
         .register("billing", ip(1), 8080, Metadata::new())
         .unwrap();
     advance(TTL).await;
-    assert!(!registry.deregister(id));
+    assert!(registry.deregister(id).is_err());
     assert_eq!(registry.len(), 0);
 }
 
@@ -500,7 +500,7 @@ async fn the_per_type_cap() {
     let replaced = registry.register("a", ip(2), 80, Metadata::new()).unwrap();
     assert_eq!(registry.len(), 3);
     // Deregistering makes room at once.
-    assert!(registry.deregister(replaced));
+    assert!(registry.deregister(replaced).is_ok());
     registry.register("a", ip(3), 80, Metadata::new()).unwrap();
 }
 
@@ -523,7 +523,7 @@ async fn the_total_cap() {
     // Replacing does not grow the count, so it is not refused.
     registry.register("c", ip(1), 80, Metadata::new()).unwrap();
     registry.register("a", ip(1), 80, Metadata::new()).unwrap();
-    assert!(!registry.heartbeat(first));
+    assert!(registry.heartbeat(first).is_err());
     assert_eq!(registry.len(), 4);
 }
 
@@ -570,7 +570,7 @@ async fn an_enormous_ttl_does_not_overflow() {
         .unwrap();
     advance(Duration::from_secs(365 * 24 * 60 * 60)).await;
     settle(&registry).await;
-    assert!(registry.heartbeat(id));
+    assert!(registry.heartbeat(id).is_ok());
     assert_eq!(registry.config().ttl, Duration::MAX);
 }
 
@@ -687,4 +687,36 @@ async fn a_watch_after_a_mass_expiry_starts_from_what_is_live() {
     use futures_util::FutureExt;
     use futures_util::StreamExt;
     assert!(subscription.next().now_or_never().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_types_are_listed_with_their_live_counts_sorted() {
+    let registry = registry();
+    assert!(registry.types().is_empty());
+    for (service_type, last) in [("search", 1), ("billing", 1), ("billing", 2), ("cache", 1)] {
+        registry
+            .register(service_type, ip(last), 80, Metadata::new())
+            .unwrap();
+    }
+    // A replacement does not count twice.
+    registry
+        .register("billing", ip(2), 80, Metadata::new())
+        .unwrap();
+    let expected = |pairs: &[(&str, usize)]| -> Vec<(String, usize)> {
+        pairs.iter().map(|&(t, n)| (t.to_string(), n)).collect()
+    };
+    assert_eq!(
+        registry.types(),
+        expected(&[("billing", 2), ("cache", 1), ("search", 1)])
+    );
+
+    advance(Duration::from_secs(1)).await;
+    let late = registry
+        .register("cache", ip(2), 80, Metadata::new())
+        .unwrap();
+    // At the first deadline, counted exactly whether or not the task has run.
+    advance(TTL - Duration::from_secs(1)).await;
+    assert_eq!(registry.types(), expected(&[("cache", 1)]));
+    assert!(registry.deregister(late).is_ok());
+    assert!(registry.types().is_empty());
 }

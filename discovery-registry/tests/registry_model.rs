@@ -1,8 +1,9 @@
-//! A model test of the registry: random sequences of registers, heartbeats, deregisters,
-//! queries and clock advances, checked step by step against a plain map of deadlines that
-//! states the semantics directly (live while less than the TTL has passed, replacement by
-//! endpoint, caps on live instances only), and the memory held checked against the live
-//! count once the expiry task has had its turn.
+//! A model test of the registry: random sequences of registers, heartbeats, updates,
+//! deregisters, queries and clock advances, checked step by step against a plain map of
+//! deadlines that states the semantics directly (live while less than the TTL has passed,
+//! replacement by endpoint, caps on live instances only, why an id is gone, the types
+//! listed), and the memory held checked against the live count once the expiry task has had
+//! its turn.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use discovery_proto::Metadata;
+use discovery_proto::{Metadata, RemoveReason};
 use discovery_registry::{Error, Registry, RegistryConfig};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -45,6 +46,7 @@ enum Op {
         version: u8,
     },
     Heartbeat(IdRef),
+    Update(IdRef, u8),
     Deregister(IdRef),
     Query(usize),
     /// Move the paused clock; `settle` then lets the expiry task run before the next step.
@@ -80,6 +82,7 @@ fn op() -> impl Strategy<Value = Op> {
             |(service_type, ip, port, version)| Op::Register { service_type, ip, port, version }
         ),
         3 => id_ref().prop_map(Op::Heartbeat),
+        1 => (id_ref(), 0..3u8).prop_map(|(id, version)| Op::Update(id, version)),
         1 => id_ref().prop_map(Op::Deregister),
         2 => (0..TYPES.len() + 1).prop_map(Op::Query),
         3 => (advance_ms(), prop::bool::weighted(0.7))
@@ -116,12 +119,18 @@ struct ModelEntry {
     deadline: u64,
 }
 
-/// The semantics, stated as plainly as possible: a map of live instances only.
+/// The semantics, stated as plainly as possible: a map of live instances only, and why
+/// each other id went (every removal is remembered: the runs are shorter than `max_ttl`
+/// and hold fewer removals than the memory).
 struct Model {
     config: RegistryConfig,
     now: u64,
     live: HashMap<Uuid, ModelEntry>,
+    gone: HashMap<Uuid, RemoveReason>,
 }
+
+/// A call about an id that is not live: the reason the registry should give.
+type NotFound = Option<RemoveReason>;
 
 /// The outcome of a register, for comparison: the id is the registry's to make.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,7 +144,14 @@ impl Model {
     fn advance(&mut self, ms: u64) {
         self.now += ms;
         let now = self.now;
-        self.live.retain(|_, e| e.deadline > now);
+        let gone = &mut self.gone;
+        self.live.retain(|id, e| {
+            let live = e.deadline > now;
+            if !live {
+                gone.insert(*id, RemoveReason::Expired);
+            }
+            live
+        });
     }
 
     fn endpoint_holder(&self, service_type: &str, ip: IpAddr, port: u16) -> Option<Uuid> {
@@ -172,22 +188,57 @@ impl Model {
     fn registered(&mut self, id: Uuid, entry: ModelEntry) {
         if let Some(older) = self.endpoint_holder(entry.service_type, entry.ip, entry.port) {
             self.live.remove(&older);
+            self.gone.insert(older, RemoveReason::Replaced);
         }
         self.live.insert(id, entry);
     }
 
-    fn heartbeat(&mut self, id: Uuid) -> bool {
+    fn not_found(&self, id: Uuid) -> NotFound {
+        self.gone.get(&id).copied()
+    }
+
+    fn heartbeat(&mut self, id: Uuid) -> Result<(), NotFound> {
         match self.live.get_mut(&id) {
             Some(entry) => {
                 entry.deadline = self.now + TTL_MS;
-                true
+                Ok(())
             }
-            None => false,
+            None => Err(self.not_found(id)),
         }
     }
 
-    fn deregister(&mut self, id: Uuid) -> bool {
-        self.live.remove(&id).is_some()
+    fn update(&mut self, id: Uuid, metadata: Metadata) -> Result<(), NotFound> {
+        match self.live.get_mut(&id) {
+            Some(entry) => {
+                entry.metadata = metadata;
+                Ok(())
+            }
+            None => Err(self.not_found(id)),
+        }
+    }
+
+    fn deregister(&mut self, id: Uuid) -> Result<(), NotFound> {
+        match self.live.remove(&id) {
+            Some(_) => {
+                self.gone.insert(id, RemoveReason::Deregistered);
+                Ok(())
+            }
+            None => Err(self.not_found(id)),
+        }
+    }
+
+    /// Every type with a live instance and its count, sorted by type.
+    fn types(&self) -> Vec<(String, usize)> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for entry in self.live.values() {
+            *counts.entry(entry.service_type).or_default() += 1;
+        }
+        let mut types: Vec<_> = counts
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), count))
+            .collect();
+        types.sort();
+        types
     }
 
     fn query(&self, service_type: &str) -> Listed {
@@ -210,6 +261,15 @@ impl Model {
     }
 }
 
+/// A registry's answer about an id, in the model's terms.
+fn outcome<T>(result: Result<T, Error>) -> Result<Result<(), NotFound>, TestCaseError> {
+    match result {
+        Ok(_) => Ok(Ok(())),
+        Err(Error::NotFound { reason }) => Ok(Err(reason)),
+        Err(other) => Err(TestCaseError::fail(format!("unexpected error {other}"))),
+    }
+}
+
 fn resolve(id: &IdRef, known: &[Uuid]) -> Uuid {
     match *id {
         IdRef::Known(n) if !known.is_empty() => known[n % known.len()],
@@ -224,6 +284,7 @@ async fn check(config: RegistryConfig, ops: Vec<Op>) -> Result<(), TestCaseError
         config,
         now: 0,
         live: HashMap::new(),
+        gone: HashMap::new(),
     };
     let mut known: Vec<Uuid> = Vec::new();
     // False after an advance that did not let the expiry task run: entries past their
@@ -271,8 +332,18 @@ async fn check(config: RegistryConfig, ops: Vec<Op>) -> Result<(), TestCaseError
             Op::Heartbeat(id) => {
                 let id = resolve(id, &known);
                 prop_assert_eq!(
-                    registry.heartbeat(id),
+                    outcome(registry.heartbeat(id))?,
                     model.heartbeat(id),
+                    "step {}: {:?}",
+                    step,
+                    op
+                );
+            }
+            Op::Update(id, version) => {
+                let id = resolve(id, &known);
+                prop_assert_eq!(
+                    outcome(registry.update(id, metadata(*version)))?,
+                    model.update(id, metadata(*version)),
                     "step {}: {:?}",
                     step,
                     op
@@ -281,7 +352,7 @@ async fn check(config: RegistryConfig, ops: Vec<Op>) -> Result<(), TestCaseError
             Op::Deregister(id) => {
                 let id = resolve(id, &known);
                 prop_assert_eq!(
-                    registry.deregister(id),
+                    outcome(registry.deregister(id))?,
                     model.deregister(id),
                     "step {}: {:?}",
                     step,
@@ -297,6 +368,7 @@ async fn check(config: RegistryConfig, ops: Vec<Op>) -> Result<(), TestCaseError
                     .collect();
                 listed.sort();
                 prop_assert_eq!(listed, model.query(service_type), "step {}: {:?}", step, op);
+                prop_assert_eq!(registry.types(), model.types(), "step {}: {:?}", step, op);
             }
             Op::Advance { ms, settle: s } => {
                 tokio::time::advance(Duration::from_millis(*ms)).await;

@@ -119,12 +119,21 @@ impl ServerConfig {
         self.registry.max_frame_bytes
     }
 
-    /// The limits announced to clients in `Welcome`: every one this server enforces. The
-    /// bounds of the bounded-server work that are not enforced yet are announced as off.
+    /// The limits announced to clients in `Welcome`, for this configuration's registry.
     pub fn limits(&self) -> Limits {
+        self.limits_with(&self.registry)
+    }
+
+    /// The limits announced in `Welcome` when the registry served is configured by
+    /// `registry`: the `Welcome` reads them from the registry itself
+    /// ([`Registry::config`]), which may have been made elsewhere than from this config.
+    /// The bounds of the bounded-server work that are not enforced yet are announced as
+    /// off.
+    ///
+    /// [`Registry::config`]: discovery_registry::Registry::config
+    pub fn limits_with(&self, registry: &RegistryConfig) -> Limits {
         let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let u64_of = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let registry = &self.registry;
         Limits {
             max_frame_bytes: u32_of(registry.max_frame_bytes.min(MAX_FRAME_BYTES)),
             max_instances: u64_of(registry.max_instances),

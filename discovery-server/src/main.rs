@@ -14,7 +14,7 @@ use discovery_registry::RegistryConfig;
 use discovery_registry::config::{
     DEFAULT_MAX_INSTANCES, DEFAULT_MAX_INSTANCES_PER_TYPE, DEFAULT_MAX_METADATA_KEY_BYTES,
     DEFAULT_MAX_METADATA_PAIRS, DEFAULT_MAX_METADATA_VALUE_BYTES, DEFAULT_MAX_TYPE_BYTES,
-    DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_QUEUE, duration,
+    DEFAULT_REMEMBERED_REMOVALS, DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_QUEUE, duration,
 };
 use discovery_server::Registry;
 use discovery_server::config::{
@@ -76,6 +76,18 @@ struct RegistryFlags {
     /// `1500ms`). Default 5 s.
     #[arg(long, env = "DISCOVERY_TTL", default_value = "5s", value_parser = duration::parse)]
     ttl: Duration,
+    /// The shortest TTL a register may ask for (`1s`); at least 100 ms, and no longer than
+    /// `--ttl`. Default 1 s.
+    #[arg(long, env = "DISCOVERY_MIN_TTL", default_value = "1s", value_parser = duration::parse)]
+    min_ttl: Duration,
+    /// The longest TTL a register may ask for (`1h`); no shorter than `--ttl`. Also how long
+    /// the reason a removed id is gone is remembered. Default 1 h.
+    #[arg(long, env = "DISCOVERY_MAX_TTL", default_value = "1h", value_parser = duration::parse)]
+    max_ttl: Duration,
+    /// How many removed ids are remembered with the reason they went, so that a heartbeat
+    /// of one is told `replaced`, `expired` or `deregistered`. Default 100,000.
+    #[arg(long, env = "DISCOVERY_REMEMBERED_REMOVALS", default_value_t = DEFAULT_REMEMBERED_REMOVALS)]
+    remembered_removals: usize,
     /// The most live instances in total. Default 1,000,000.
     #[arg(long, env = "DISCOVERY_MAX_INSTANCES", default_value_t = DEFAULT_MAX_INSTANCES)]
     max_instances: usize,
@@ -120,6 +132,9 @@ impl Cli {
             compat_listen: s.compat_listen,
             registry: RegistryConfig {
                 ttl: r.ttl,
+                min_ttl: r.min_ttl,
+                max_ttl: r.max_ttl,
+                remembered_removals: r.remembered_removals,
                 max_instances: r.max_instances,
                 max_instances_per_type: r.max_instances_per_type,
                 max_type_bytes: r.max_type_bytes,

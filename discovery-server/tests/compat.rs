@@ -456,7 +456,11 @@ async fn one_registry_through_both_protocols() {
     assert_eq!(found[0].port, 65433);
     assert!(found[0].metadata.is_empty());
     assert_eq!(
-        wire.call(Request::Heartbeat { id: from_compat }).await,
+        wire.call(Request::Heartbeat {
+            id: from_compat,
+            min_revision: None
+        })
+        .await,
         Response::Ok
     );
 
@@ -472,10 +476,14 @@ async fn one_registry_through_both_protocols() {
     );
 
     // Deregistered through the typed protocol, gone for compat.
-    assert_eq!(
-        wire.call(Request::Deregister { id: from_compat }).await,
-        Response::Ok
-    );
+    assert!(matches!(
+        wire.call(Request::Deregister {
+            id: from_compat,
+            min_revision: None
+        })
+        .await,
+        Response::Done { .. }
+    ));
     assert_eq!(
         heartbeat(server.compat_addr(), &from_compat.to_string()).await,
         plain("NOT FOUND")
@@ -503,7 +511,11 @@ async fn kept_alive_and_expired_the_same_way_through_both() {
             plain("OK")
         );
         assert_eq!(
-            wire.call(Request::Heartbeat { id: compat }).await,
+            wire.call(Request::Heartbeat {
+                id: compat,
+                min_revision: None
+            })
+            .await,
             Response::Ok
         );
         tokio::time::sleep(ttl / 4).await;
@@ -523,8 +535,14 @@ async fn kept_alive_and_expired_the_same_way_through_both() {
         plain("NOT FOUND")
     );
     assert_eq!(
-        wire.call(Request::Heartbeat { id: typed }).await,
-        Response::NotFound
+        wire.call(Request::Heartbeat {
+            id: typed,
+            min_revision: None
+        })
+        .await,
+        Response::NotFound {
+            reason: Some(discovery_proto::RemoveReason::Expired)
+        }
     );
     server.stop().await;
 }

@@ -87,7 +87,12 @@ impl Keeper {
                         _ = stop.cancelled() => return beats,
                         _ = interval.tick() => {}
                     }
-                    let answer = wire.call(Request::Heartbeat { id }).await;
+                    let answer = wire
+                        .call(Request::Heartbeat {
+                            id,
+                            min_revision: None,
+                        })
+                        .await;
                     assert_eq!(answer, Response::Ok, "the kept instance was lost");
                     beats += 1;
                 }
@@ -353,6 +358,7 @@ async fn trickled_and_stalled_frames_are_cut_off_at_the_frame_timeout() {
         ip: "127.0.0.1".parse().expect("ip"),
         port: 1,
         metadata,
+        ttl: None,
     };
     let bytes = frame(2, request);
     assert!(bytes.len() > 150);
@@ -511,7 +517,7 @@ async fn instance_caps_total_and_per_type() {
         answers
             .into_iter()
             .map(|answer| match answer {
-                Response::Registered { id } => id,
+                Response::Registered { id, .. } => id,
                 other => panic!("expected Registered, got {other:?}"),
             })
             .collect()
@@ -544,8 +550,14 @@ async fn instance_caps_total_and_per_type() {
     let replaced = ids(register_all(&mut wire, "a", 1..=1).await)[0];
     assert_ne!(replaced, a[0]);
     assert_eq!(
-        wire.call(Request::Heartbeat { id: a[0] }).await,
-        Response::NotFound,
+        wire.call(Request::Heartbeat {
+            id: a[0],
+            min_revision: None
+        })
+        .await,
+        Response::NotFound {
+            reason: Some(discovery_proto::RemoveReason::Replaced)
+        },
         "the replaced entry is gone"
     );
     assert_eq!(server.registry.len(), TOTAL);
@@ -554,18 +566,26 @@ async fn instance_caps_total_and_per_type() {
     assert!(listed.iter().any(|i| i.id == replaced));
 
     // A deregister frees a slot of the total...
-    assert_eq!(
-        wire.call(Request::Deregister { id: d[0] }).await,
-        Response::Ok
-    );
+    assert!(matches!(
+        wire.call(Request::Deregister {
+            id: d[0],
+            min_revision: None
+        })
+        .await,
+        Response::Done { .. }
+    ));
     ids(register_all(&mut wire, "e", 1..=1).await);
     let refused = register_all(&mut wire, "e", 2..=2).await;
     assert_eq!(error_kind(&refused[0]), ErrorKind::InstanceLimit);
     // ...and of its type.
-    assert_eq!(
-        wire.call(Request::Deregister { id: a[1] }).await,
-        Response::Ok
-    );
+    assert!(matches!(
+        wire.call(Request::Deregister {
+            id: a[1],
+            min_revision: None
+        })
+        .await,
+        Response::Done { .. }
+    ));
     ids(register_all(&mut wire, "a", 301..=301).await);
     let refused = register_all(&mut wire, "a", 302..=302).await;
     assert_eq!(error_kind(&refused[0]), ErrorKind::InstanceLimit);

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use discovery_proto::{
-    ClientFrame, ErrorKind, MAX_FRAME_BYTES, PROTOCOL_VERSION, Request, Response, encoding,
+    ClientFrame, ErrorKind, MAX_FRAME_BYTES, PROTOCOL_VERSION, RemoveReason, Request, Response,
+    encoding,
 };
 use discovery_server::ServerConfig;
 use discovery_test_support::server::config_with_ttl as short_ttl;
@@ -50,6 +51,7 @@ async fn welcome_announces_version_ttl_and_limits() {
         protocol_version,
         ttl,
         limits,
+        ..
     } = welcome
     else {
         panic!("expected Welcome, got {welcome:?}");
@@ -76,12 +78,20 @@ async fn every_request_is_answered() {
             ip: "::1".parse().unwrap(),
             port: 8080,
             metadata: metadata.clone(),
+            ttl: None,
         })
         .await;
-    let Response::Registered { id } = registered else {
+    let Response::Registered { id, .. } = registered else {
         panic!("expected Registered, got {registered:?}");
     };
-    assert_eq!(wire.call(Request::Heartbeat { id }).await, Response::Ok);
+    assert_eq!(
+        wire.call(Request::Heartbeat {
+            id,
+            min_revision: None
+        })
+        .await,
+        Response::Ok
+    );
 
     let listed = wire.query("billing").await;
     assert_eq!(listed.len(), 1);
@@ -97,14 +107,33 @@ async fn every_request_is_answered() {
     );
     assert!(wire.query("other").await.is_empty());
 
-    assert_eq!(wire.call(Request::Deregister { id }).await, Response::Ok);
+    assert!(matches!(
+        wire.call(Request::Deregister {
+            id,
+            min_revision: None
+        })
+        .await,
+        Response::Done { .. }
+    ));
     assert_eq!(
-        wire.call(Request::Deregister { id }).await,
-        Response::NotFound
+        wire.call(Request::Deregister {
+            id,
+            min_revision: None
+        })
+        .await,
+        Response::NotFound {
+            reason: Some(RemoveReason::Deregistered)
+        }
     );
     assert_eq!(
-        wire.call(Request::Heartbeat { id }).await,
-        Response::NotFound
+        wire.call(Request::Heartbeat {
+            id,
+            min_revision: None
+        })
+        .await,
+        Response::NotFound {
+            reason: Some(RemoveReason::Deregistered)
+        }
     );
     assert!(wire.query("billing").await.is_empty());
 
@@ -137,8 +166,14 @@ async fn instances_expire_over_the_wire() {
     .await;
     assert!(wire.query("cache").await.is_empty());
     assert_eq!(
-        wire.call(Request::Heartbeat { id }).await,
-        Response::NotFound
+        wire.call(Request::Heartbeat {
+            id,
+            min_revision: None
+        })
+        .await,
+        Response::NotFound {
+            reason: Some(RemoveReason::Expired)
+        }
     );
     server.stop().await;
 }
@@ -188,6 +223,7 @@ async fn a_query_of_100_000_instances_spans_frames() {
                 ip: std::net::IpAddr::from([10, 0, (batch / 256) as u8, (batch % 256) as u8]),
                 port: 1 + n as u16,
                 metadata: Default::default(),
+                ttl: None,
             };
             let id = u64::from(batch * 2_000 + n + 1_000);
             bytes.extend(raw_frame(
@@ -206,6 +242,7 @@ async fn a_query_of_100_000_instances_spans_frames() {
     let id = wire
         .send(Request::Query {
             service_type: "big".into(),
+            min_revision: None,
         })
         .await;
     let mut frames = 0;
@@ -213,7 +250,10 @@ async fn a_query_of_100_000_instances_spans_frames() {
     loop {
         let frame = wire.recv().await.expect("an answer");
         assert_eq!(frame.request_id, id);
-        let Response::Instances { instances, more } = frame.response else {
+        let Response::Instances {
+            instances, more, ..
+        } = frame.response
+        else {
             panic!("expected Instances");
         };
         frames += 1;
@@ -333,6 +373,7 @@ async fn an_oversize_frame_ends_only_its_connection() {
             ip: "127.0.0.1".parse().unwrap(),
             port: 1,
             metadata,
+            ttl: None,
         })
         .await;
     assert_eq!(error_kind(&refused), ErrorKind::InvalidMetadata);
@@ -461,7 +502,14 @@ async fn shutdown_answers_what_was_read_and_closes_connections() {
     let server = TestServer::start().await;
     let mut wire = Wire::hello(server.addr).await;
     let id = wire.register("billing", 8080).await;
-    assert_eq!(wire.call(Request::Heartbeat { id }).await, Response::Ok);
+    assert_eq!(
+        wire.call(Request::Heartbeat {
+            id,
+            min_revision: None
+        })
+        .await,
+        Response::Ok
+    );
 
     let mut idle = Wire::hello(server.addr).await;
     let addr = server.addr;
@@ -494,6 +542,7 @@ async fn shutdown_does_not_wait_past_the_grace_for_a_client_that_never_reads() {
             ip: "127.0.0.1".parse().unwrap(),
             port,
             metadata: fat.clone(),
+            ttl: None,
         };
         assert!(matches!(
             wire.call(request).await,
@@ -505,6 +554,7 @@ async fn shutdown_does_not_wait_past_the_grace_for_a_client_that_never_reads() {
         9_999,
         Request::Query {
             service_type: "fat".into(),
+            min_revision: None,
         },
     ))
     .unwrap();
@@ -528,20 +578,27 @@ async fn timeouts_and_windows_of_any_length_serve_and_shut_down() {
         frame_timeout: Duration::MAX,
         ..ServerConfig::default()
     };
-    config.registry.ttl = Duration::MAX;
+    // The longest TTL a configuration accepts is a century.
+    config.registry.max_ttl = discovery_registry::config::MAX_TTL;
+    config.registry.ttl = discovery_registry::config::MAX_TTL;
     config.registry.watch_window = Duration::MAX;
     let server = TestServer::with_config(config).await;
     let mut wire = Wire::hello(server.addr).await;
     let id = wire.register("forever", 9000).await;
     assert_eq!(wire.query("forever").await[0].id, id);
     assert!(matches!(
-        wire.call(Request::Heartbeat { id }).await,
+        wire.call(Request::Heartbeat {
+            id,
+            min_revision: None
+        })
+        .await,
         Response::Ok
     ));
     let watch = wire
         .send(Request::Watch {
             service_type: "forever".into(),
             since: None,
+            min_revision: None,
         })
         .await;
     assert!(matches!(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use discovery_proto::{
-    ClientFrame, ErrorKind, Instance, Metadata, RemoveReason, Request, Response, Revision,
+    ClientFrame, Entry, ErrorKind, Metadata, RemoveReason, Request, Response, Revision,
     ServerFrame, encoding,
 };
 use discovery_server::{RegistryConfig, ServerConfig};
@@ -19,13 +19,14 @@ fn watch(service_type: &str, since: Option<Revision>) -> Request {
     Request::Watch {
         service_type: service_type.into(),
         since,
+        min_revision: None,
     }
 }
 
 /// What a watcher knows, built only from the frames it was sent.
 #[derive(Default)]
 struct View {
-    instances: HashMap<Uuid, Instance>,
+    instances: HashMap<Uuid, Entry>,
     revision: Option<Revision>,
     resets: usize,
     frames: usize,
@@ -60,7 +61,20 @@ impl View {
             }
             Response::Added { revision, instance } => {
                 self.advance(revision);
-                assert!(self.instances.insert(instance.id, instance).is_none());
+                assert!(
+                    self.instances
+                        .insert(instance.id, instance.into_entry())
+                        .is_none()
+                );
+                true
+            }
+            Response::Updated { revision, instance } => {
+                self.advance(revision);
+                assert!(
+                    self.instances
+                        .insert(instance.id, instance.into_entry())
+                        .is_some()
+                );
                 true
             }
             Response::Removed {
@@ -119,7 +133,12 @@ async fn changes_are_pushed_until_unwatch() {
     view.apply(frame);
 
     assert_eq!(
-        actor.call(Request::Deregister { id: added }).await,
+        actor
+            .call(Request::Deregister {
+                id: added,
+                min_revision: None
+            })
+            .await,
         Response::Ok
     );
     let frame = watcher.recv().await.expect("a push");
@@ -137,7 +156,7 @@ async fn changes_are_pushed_until_unwatch() {
     );
     assert_eq!(
         watcher.call(Request::Unwatch { watch: id }).await,
-        Response::NotFound
+        Response::NotFound { reason: None }
     );
     actor.register("billing", 3).await;
     // The next frame is the Pong, not a push for the closed watch.
@@ -225,7 +244,12 @@ async fn a_reconnecting_watcher_resumes_without_loss_or_doubling() {
     // Changes while the watcher is away.
     let second = actor.register("billing", 2).await;
     assert_eq!(
-        actor.call(Request::Deregister { id: first }).await,
+        actor
+            .call(Request::Deregister {
+                id: first,
+                min_revision: None
+            })
+            .await,
         Response::Ok
     );
     let replaced = actor.register("billing", 2).await;
@@ -287,6 +311,7 @@ async fn a_large_snapshot_spans_frames() {
             ip: "127.0.0.1".parse().unwrap(),
             port,
             metadata: metadata.clone(),
+            ttl: None,
         };
         assert!(matches!(
             actor.call(request).await,
@@ -349,6 +374,7 @@ async fn a_consumer_that_does_not_read_gets_a_reset_not_a_backlog() {
             ip: "127.0.0.1".parse().unwrap(),
             port,
             metadata: metadata.clone(),
+            ttl: None,
         };
         let payload = encoding::encode(&ClientFrame::new(u64::from(port) + 10, request)).unwrap();
         bytes.extend((payload.len() as u32).to_be_bytes());

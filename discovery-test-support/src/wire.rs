@@ -82,6 +82,7 @@ impl Wire {
         let id = self
             .send(Request::Query {
                 service_type: service_type.into(),
+                min_revision: None,
             })
             .await;
         let mut all = Vec::new();
@@ -89,8 +90,18 @@ impl Wire {
             let frame = self.recv().await.expect("an answer");
             assert_eq!(frame.request_id, id);
             match frame.response {
-                Response::Instances { instances, more } => {
-                    all.extend(instances);
+                Response::Instances {
+                    service_type: answered,
+                    instances,
+                    more,
+                    ..
+                } => {
+                    assert_eq!(answered, service_type, "the answer names the type queried");
+                    all.extend(
+                        instances
+                            .into_iter()
+                            .map(|entry| Instance::from_entry(service_type, entry)),
+                    );
                     if !more {
                         return all;
                     }
@@ -103,7 +114,7 @@ impl Wire {
     /// Registers an instance with no metadata, returning its id.
     pub async fn register(&mut self, service_type: &str, port: u16) -> uuid::Uuid {
         match self.call(register(service_type, port)).await {
-            Response::Registered { id } => id,
+            Response::Registered { id, .. } => id,
             other => panic!("expected Registered, got {other:?}"),
         }
     }
@@ -121,5 +132,6 @@ pub fn register(service_type: &str, port: u16) -> Request {
         ip: "127.0.0.1".parse().expect("ip"),
         port,
         metadata: Default::default(),
+        ttl: None,
     }
 }

@@ -17,8 +17,7 @@ use bytes::BytesMut;
 use discovery_proto::codec::ServerCodec;
 use discovery_proto::encoding::ListWriter;
 use discovery_proto::{
-    ClientFrame, EntryRef, ErrorKind, Instance, RequestId, Response, SERVER_REQUEST_ID,
-    ServerFrame,
+    ClientFrame, EntryRef, ErrorKind, Instance, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
 };
 use discovery_registry::{Change, ChangeEvent, Registry, Subscription, WatchStart};
 use futures_util::FutureExt;
@@ -136,7 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(ClientFrame {
                         request_id,
                         request,
-                    }) => (request_id, handler::hello(&context.config, &request)),
+                    }) => (request_id, handler::hello(context, &request)),
                     Err(e) if greeted => {
                         let request_id = e.request_id().unwrap_or(SERVER_REQUEST_ID);
                         let answer = handler::error(ErrorKind::MalformedFrame, e.to_string());

@@ -5,7 +5,7 @@
 use discovery_proto::{ErrorKind, PROTOCOL_VERSION, Request, RequestId, Response};
 use discovery_registry::{Error as RegistryError, Registered, Registry, Subscription};
 
-use crate::config::ServerConfig;
+use crate::frontend::Context;
 
 /// What a request is answered with.
 #[derive(Debug)]
@@ -28,19 +28,21 @@ pub enum Answer {
 }
 
 /// Answers the first frame of a connection, which must be `Hello` in the version we speak.
-/// The `Welcome` announces the server's TTLs, timeouts and limits.
-pub fn hello(config: &ServerConfig, request: &Request) -> Answer {
+/// The `Welcome` announces the registry's own TTLs and limits (it may have been made
+/// elsewhere than from the server's configuration), and the server's timeouts and limits.
+pub fn hello(context: &Context, request: &Request) -> Answer {
+    let (server, registry) = (&context.config, context.registry.config());
     match request {
         Request::Hello {
             protocol_version, ..
         } if *protocol_version == PROTOCOL_VERSION => Answer::Response(Response::Welcome {
             protocol_version: PROTOCOL_VERSION,
-            ttl: config.registry.ttl,
-            min_ttl: config.registry.min_ttl,
-            max_ttl: config.registry.max_ttl,
-            idle_timeout: config.idle_timeout,
-            frame_timeout: config.frame_timeout,
-            limits: config.limits(),
+            ttl: registry.ttl,
+            min_ttl: registry.min_ttl,
+            max_ttl: registry.max_ttl,
+            idle_timeout: server.idle_timeout,
+            frame_timeout: server.frame_timeout,
+            limits: server.limits_with(registry),
         }),
         Request::Hello {
             protocol_version, ..

@@ -42,7 +42,7 @@ pub fn handle(registry: &Registry, content: &[u8]) -> Result<Reply, String> {
             let uuid = text(&fields, "uuid")?;
             let id =
                 Uuid::try_parse(uuid).map_err(|e| format!("uuid {uuid:?} is not a UUID: {e}"))?;
-            let answer = if registry.heartbeat(id) {
+            let answer = if registry.heartbeat(id).is_ok() {
                 OK
             } else {
                 NOT_FOUND
