@@ -294,7 +294,7 @@ async fn query_joins_an_answer_split_over_frames() {
     let registers = (0..300u16).map(|i| {
         let client = client.clone();
         let spec = spec("bulky", 10_000 + i).with_metadata("blob", value.as_str());
-        async move { client.register_once(&spec).await }
+        async move { client.register_once(&spec).await.map(|granted| granted.id) }
     });
     let ids: HashSet<Uuid> = futures_util::future::join_all(registers)
         .await
@@ -343,7 +343,7 @@ async fn unknown_ids_and_refused_specs_are_told_apart() {
 
     // The connection goes on after refusals.
     client.ping().await.unwrap();
-    let id = client.register_once(&spec("good", 9009)).await.unwrap();
+    let id = client.register_once(&spec("good", 9009)).await.unwrap().id;
     client.heartbeat(id).await.unwrap();
     client.deregister(id).await.unwrap();
 
@@ -363,10 +363,15 @@ async fn silent_server() -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             let mut framed = Framed::new(stream, ServerCodec::default());
             if let Some(Ok(Ok(hello))) = framed.next().await {
+                let config = ServerConfig::default();
                 let welcome = Response::Welcome {
                     protocol_version: PROTOCOL_VERSION,
                     ttl: TTL,
-                    limits: ServerConfig::default().limits(),
+                    min_ttl: config.registry.min_ttl.min(TTL),
+                    max_ttl: config.registry.max_ttl,
+                    idle_timeout: config.idle_timeout,
+                    frame_timeout: config.frame_timeout,
+                    limits: config.limits(),
                 };
                 let _ = framed
                     .send(ServerFrame::new(hello.request_id, welcome))

@@ -149,8 +149,8 @@ async fn register_deregister_replace_and_expire_are_pushed() {
     }
 
     // Another type's change wakes nothing here: the next event is the deregister's.
-    client.register_once(&spec("other", 1)).await.unwrap();
-    let a = client.register_once(&spec("svc", 1)).await.unwrap();
+    client.register_once(&spec("other", 1)).await.unwrap().id;
+    let a = client.register_once(&spec("svc", 1)).await.unwrap().id;
     let event = next(&mut watch).await;
     assert!(
         matches!(&event, WatchEvent::Added { instance, .. } if instance.id == a && instance.port == 1),
@@ -166,8 +166,8 @@ async fn register_deregister_replace_and_expire_are_pushed() {
     mirror.apply(event);
 
     // A replacement: the old one removed as replaced, then the new one added.
-    let c = client.register_once(&spec("svc", 2)).await.unwrap();
-    let d = client.register_once(&spec("svc", 2)).await.unwrap();
+    let c = client.register_once(&spec("svc", 2)).await.unwrap().id;
+    let d = client.register_once(&spec("svc", 2)).await.unwrap().id;
     let event = next(&mut watch).await;
     assert!(matches!(&event, WatchEvent::Added { instance, .. } if instance.id == c));
     mirror.apply(event);
@@ -203,7 +203,7 @@ async fn a_snapshot_split_over_frames_is_one_event() {
     let registers = (0..300u16).map(|i| {
         let client = client.clone();
         let spec = spec("bulky", 10_000 + i).with_metadata("blob", value.as_str());
-        async move { client.register_once(&spec).await.unwrap() }
+        async move { client.register_once(&spec).await.unwrap().id }
     });
     let mut ids = futures_util::future::join_all(registers).await;
     ids.sort_unstable();
@@ -222,7 +222,7 @@ async fn a_snapshot_split_over_frames_is_one_event() {
     assert_eq!(got, ids);
 
     // And the watch goes on after it.
-    let id = client.register_once(&spec("bulky", 9)).await.unwrap();
+    let id = client.register_once(&spec("bulky", 9)).await.unwrap().id;
     assert!(
         matches!(next(&mut watch).await, WatchEvent::Added { instance, .. } if instance.id == id)
     );
@@ -240,12 +240,12 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_changes() {
         .unwrap();
     let actor = client(server.address());
 
-    let a = actor.register_once(&spec("svc", 1)).await.unwrap();
+    let a = actor.register_once(&spec("svc", 1)).await.unwrap().id;
     let mut watch = watcher.watch("svc").await.unwrap();
     let mut mirror = Mirror::default();
     mirror.apply(next(&mut watch).await);
     assert_eq!(mirror.ids(), vec![a]);
-    let b = actor.register_once(&spec("svc", 2)).await.unwrap();
+    let b = actor.register_once(&spec("svc", 2)).await.unwrap().id;
     mirror.apply(next(&mut watch).await);
 
     // The connection is cut and new ones are refused: the watch says so.
@@ -258,10 +258,10 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_changes() {
     mirror.apply(event);
 
     // Five changes while the watcher is away.
-    actor.register_once(&spec("svc", 3)).await.unwrap();
+    actor.register_once(&spec("svc", 3)).await.unwrap().id;
     actor.deregister(a).await.unwrap();
-    let b2 = actor.register_once(&spec("svc", 2)).await.unwrap(); // replaces b: two changes
-    actor.register_once(&spec("svc", 4)).await.unwrap();
+    let b2 = actor.register_once(&spec("svc", 2)).await.unwrap().id; // replaces b: two changes
+    actor.register_once(&spec("svc", 4)).await.unwrap().id;
     assert_ne!(b, b2);
 
     // Back: exactly those five, after a Resumed, and no snapshot.
@@ -302,7 +302,7 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_changes() {
             let actor = actor.clone();
             async move {
                 let spec = spec("svc", 100 + round * 20 + i);
-                actor.register_once(&spec).await.unwrap()
+                actor.register_once(&spec).await.unwrap().id
             }
         };
         futures_util::future::join_all((0..10).map(register)).await;
@@ -343,7 +343,7 @@ async fn a_restarted_server_sends_a_reset_snapshot() {
     let first = client(address)
         .register_once(&spec("svc", 1))
         .await
-        .unwrap();
+        .unwrap().id;
     let mut watch = watcher.watch("svc").await.unwrap();
     let mut mirror = Mirror::default();
     mirror.apply(next(&mut watch).await);
@@ -361,7 +361,7 @@ async fn a_restarted_server_sends_a_reset_snapshot() {
     // A new run knows nothing of the old instance, nor of the old revisions.
     let server = common::server_on(address, LONG_TTL).await;
     let actor = client(address);
-    let second = actor.register_once(&spec("svc", 2)).await.unwrap();
+    let second = actor.register_once(&spec("svc", 2)).await.unwrap().id;
     catch_up(&mut watch, &mut mirror, &actor, "svc").await;
     assert_eq!(mirror.ids(), vec![second]);
     assert_eq!(mirror.resets, 1, "one reset snapshot");
@@ -395,7 +395,7 @@ async fn a_stalled_consumer_stays_bounded_and_catches_up() {
             actor
                 .register_once(&spec("busy", 20_000 + i))
                 .await
-                .unwrap()
+                .unwrap().id
         }
     });
     let ids = futures_util::future::join_all(registers).await;
@@ -448,7 +448,7 @@ async fn a_view_serves_the_last_list_through_an_outage() {
         .build()
         .unwrap();
     let actor = client(server.address());
-    let a = actor.register_once(&spec("svc", 1)).await.unwrap();
+    let a = actor.register_once(&spec("svc", 1)).await.unwrap().id;
 
     let mut view = viewer.view("svc").await.unwrap();
     assert_eq!(view.service_type(), "svc");
@@ -460,7 +460,7 @@ async fn a_view_serves_the_last_list_through_an_outage() {
     let first_revision = view.revision();
 
     // A change is seen without polling.
-    let b = actor.register_once(&spec("svc", 2)).await.unwrap();
+    let b = actor.register_once(&spec("svc", 2)).await.unwrap().id;
     timeout(PATIENCE, async {
         while view.instances().len() < 2 {
             view.changed().await.unwrap();
@@ -488,7 +488,7 @@ async fn a_view_serves_the_last_list_through_an_outage() {
 
     // Changes meanwhile are caught up with once the server is reachable again.
     actor.deregister(a).await.unwrap();
-    let c = actor.register_once(&spec("svc", 3)).await.unwrap();
+    let c = actor.register_once(&spec("svc", 3)).await.unwrap().id;
     assert_eq!(view.instances().len(), 2, "still the last known list");
     proxy.up();
     let clone = view.clone();
@@ -529,8 +529,8 @@ async fn dropping_a_watch_unsubscribes_it() {
 
     // Dropped watches get nothing more, and the others go on.
     watches.truncate(1);
-    client.register_once(&spec("t5", 1)).await.unwrap();
-    let id = client.register_once(&spec("t0", 1)).await.unwrap();
+    client.register_once(&spec("t5", 1)).await.unwrap().id;
+    let id = client.register_once(&spec("t0", 1)).await.unwrap().id;
     let first = &mut watches[0];
     assert!(matches!(next(first).await, WatchEvent::Snapshot { .. }));
     assert!(matches!(next(first).await, WatchEvent::Added { instance, .. } if instance.id == id));
