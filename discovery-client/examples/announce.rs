@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = ServiceSpec::new(service_type.as_str(), address)
         .with_metadata("started-by", "discovery-client/examples/announce.rs");
     let registration = client.register(spec).await?;
-    let ttl = client.ttl().unwrap_or_default();
+    let ttl = registration.ttl();
     println!(
         "registered {service_type} at {address} as {} on {server} (TTL {ttl:?}); Ctrl-C to stop",
         registration.id()

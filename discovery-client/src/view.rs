@@ -67,7 +67,7 @@ struct ViewState {
 /// assert_eq!(billing.status(), ViewStatus::Current);
 ///
 /// // A billing instance starts somewhere; the view learns of it without polling.
-/// let id = client.register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?)).await?;
+/// let id = client.register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?)).await?.id;
 /// while !billing.instances().iter().any(|instance| instance.id == id) {
 ///     billing.changed().await?;
 /// }

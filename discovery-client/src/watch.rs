@@ -61,7 +61,7 @@ pub use crate::event::WatchEvent;
 /// };
 /// assert!(instances.is_empty());
 ///
-/// let id = client.register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?)).await?;
+/// let id = client.register_once(&ServiceSpec::new("billing", "127.0.0.1:8080".parse()?)).await?.id;
 /// match watch.recv().await {
 ///     Some(WatchEvent::Added { instance, .. }) => assert_eq!(instance.id, id),
 ///     other => panic!("{other:?}"),

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TTL, builder, client, dead_address, eventually, listed};
-use discovery_client::{ClientBuilder, Error, ErrorKind, RegistrationState, ServiceSpec, Uuid};
+use common::{Proxy, TTL, builder, client, dead_address, eventually, listed};
+use discovery_client::{
+    ClientBuilder, Error, ErrorKind, Metadata, RegistrationState, RemoveReason, ServiceSpec, Uuid,
+};
 use discovery_proto::codec::ServerCodec;
 use discovery_proto::{MAX_FRAME_BYTES, PROTOCOL_VERSION, Response, ServerFrame};
 use discovery_server::config::ServerConfig;
@@ -516,4 +518,173 @@ async fn build_refuses_an_unusable_configuration() {
 fn build_outside_a_runtime_is_an_error_not_a_panic() {
     let error = builder(dead_address()).build().unwrap_err();
     assert!(error.to_string().contains("tokio runtime"), "{error}");
+}
+
+#[tokio::test]
+async fn the_older_of_two_registrations_of_one_endpoint_ends_replaced() {
+    let server = common::server(TTL).await;
+    let (first, second, checker) = (
+        client(server.address()),
+        client(server.address()),
+        client(server.address()),
+    );
+    let older = first.register(spec("contested", 9100)).await.unwrap();
+    let older_id = older.id();
+    let mut states = older.state();
+    let newer = second.register(spec("contested", 9100)).await.unwrap();
+    let newer_id = newer.id();
+
+    // The older one's next heartbeat learns it was replaced: it stops, in Replaced.
+    let state = *timeout(
+        Duration::from_secs(10),
+        states.wait_for(|s| !s.is_registered()),
+    )
+    .await
+    .expect("the older registration learns it was replaced")
+    .unwrap();
+    assert_eq!(state, RegistrationState::Replaced { id: older_id });
+    assert!(states.changed().await.is_err(), "its loop has ended");
+
+    // Nobody takes the endpoint back: for several TTLs the newer one holds it.
+    let until = Instant::now() + 3 * TTL;
+    while Instant::now() < until {
+        assert_eq!(listed(&checker, "contested").await, [newer_id]);
+        sleep(INTERVAL).await;
+    }
+    assert_eq!(
+        newer.current_state(),
+        RegistrationState::Registered { id: newer_id }
+    );
+    let error = checker.heartbeat(older_id).await.unwrap_err();
+    assert_eq!(error.not_found_reason(), Some(RemoveReason::Replaced));
+
+    // Shutting the older one down deregisters nothing: the endpoint is the newer one's.
+    assert!(older.shutdown().await.unwrap_err().is_replaced());
+    assert_eq!(listed(&checker, "contested").await, [newer_id]);
+    newer.shutdown().await.unwrap();
+    drop((first, second, checker));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_registration_with_a_ttl_of_its_own_beats_within_it() {
+    // The server's TTL is a minute; the instance asks for two seconds.
+    let server = common::server(Duration::from_secs(60)).await;
+    let proxy = Proxy::start(server.address()).await;
+    let owner = client(proxy.address());
+    let checker = client(server.address());
+    let ttl = Duration::from_secs(2);
+    let registration = owner
+        .register(spec("own-ttl", 9101).with_ttl(ttl))
+        .await
+        .unwrap();
+    assert_eq!(registration.ttl(), ttl);
+    let id = registration.id();
+
+    // Listed all along, across several of its TTLs, and never registered again: its
+    // heartbeats come within its two seconds (at the server's TTL they would come every
+    // twenty).
+    let until = Instant::now() + 3 * ttl;
+    while Instant::now() < until {
+        assert_eq!(listed(&checker, "own-ttl").await, [id]);
+        sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(registration.id(), id);
+
+    // Cut off, then dropped: its deregister cannot reach the server, so nothing but its
+    // own TTL ends it, far sooner than the server's minute.
+    proxy.down();
+    drop(registration);
+    eventually(
+        "expired after its own TTL",
+        Duration::from_secs(30),
+        || async { listed(&checker, "own-ttl").await.is_empty() },
+    )
+    .await;
+    let error = checker.heartbeat(id).await.unwrap_err();
+    assert_eq!(error.not_found_reason(), Some(RemoveReason::Expired));
+
+    drop((owner, checker, proxy));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ttl_outside_the_servers_bounds_is_refused() {
+    let server = common::server(TTL).await;
+    let client = client(server.address());
+    client.ping().await.unwrap();
+    let info = client.server_info().expect("connected");
+    assert!(info.min_ttl <= TTL && TTL <= info.max_ttl, "{info:?}");
+    let too_long = info.max_ttl + Duration::from_secs(1);
+    let error = client
+        .register_once(&spec("greedy", 9102).with_ttl(too_long))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), Some(ErrorKind::InvalidTtl), "{error:?}");
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn types_are_listed_with_their_counts() {
+    let server = common::server(Duration::from_secs(30)).await;
+    let client = client(server.address());
+    assert!(client.list_types().await.unwrap().is_empty());
+    for (service_type, port) in [("web", 1), ("db", 2), ("web", 3), ("cache", 4)] {
+        client
+            .register_once(&spec(service_type, port))
+            .await
+            .unwrap();
+    }
+    let types: Vec<(String, u64)> = client
+        .list_types()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|count| (count.service_type, count.instances))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("cache".to_owned(), 1),
+            ("db".to_owned(), 1),
+            ("web".to_owned(), 2)
+        ]
+    );
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_keeps_the_id_and_gone_ids_say_why() {
+    let server = common::server(Duration::from_secs(30)).await;
+    let client = client(server.address());
+    let id = client
+        .register_once(&spec("updated", 9103))
+        .await
+        .unwrap()
+        .id;
+    let metadata = Metadata::from([("zone".to_owned(), "b".to_owned())]);
+    let revision = client.update(id, metadata.clone()).await.unwrap();
+    let found = client.query("updated").await.unwrap();
+    assert_eq!((found[0].id, &found[0].metadata), (id, &metadata));
+
+    // Replaced by a register of the same endpoint.
+    let newer = client.register_once(&spec("updated", 9103)).await.unwrap();
+    assert!(newer.revision > revision);
+    let error = client.update(id, Metadata::new()).await.unwrap_err();
+    assert!(error.is_replaced(), "{error:?}");
+    // Deregistered.
+    client.deregister(newer.id).await.unwrap();
+    let error = client.heartbeat(newer.id).await.unwrap_err();
+    assert_eq!(error.not_found_reason(), Some(RemoveReason::Deregistered));
+    // Never known.
+    let error = client.deregister(Uuid::new_v4()).await.unwrap_err();
+    assert!(
+        matches!(error, Error::NotFound { reason: None }),
+        "{error:?}"
+    );
+
+    drop(client);
+    server.stop().await;
 }

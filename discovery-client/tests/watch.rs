@@ -67,6 +67,13 @@ impl Mirror {
                     "added twice"
                 );
             }
+            WatchEvent::Updated { revision, instance } => {
+                self.advance(revision);
+                assert!(
+                    self.instances.insert(instance.id, instance).is_some(),
+                    "updated unseen"
+                );
+            }
             WatchEvent::Removed {
                 revision, instance, ..
             } => {
@@ -149,7 +156,7 @@ async fn register_deregister_replace_and_expire_are_pushed() {
     }
 
     // Another type's change wakes nothing here: the next event is the deregister's.
-    client.register_once(&spec("other", 1)).await.unwrap().id;
+    client.register_once(&spec("other", 1)).await.unwrap();
     let a = client.register_once(&spec("svc", 1)).await.unwrap().id;
     let event = next(&mut watch).await;
     assert!(
@@ -258,10 +265,10 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_changes() {
     mirror.apply(event);
 
     // Five changes while the watcher is away.
-    actor.register_once(&spec("svc", 3)).await.unwrap().id;
+    actor.register_once(&spec("svc", 3)).await.unwrap();
     actor.deregister(a).await.unwrap();
     let b2 = actor.register_once(&spec("svc", 2)).await.unwrap().id; // replaces b: two changes
-    actor.register_once(&spec("svc", 4)).await.unwrap().id;
+    actor.register_once(&spec("svc", 4)).await.unwrap();
     assert_ne!(b, b2);
 
     // Back: exactly those five, after a Resumed, and no snapshot.
@@ -343,7 +350,8 @@ async fn a_restarted_server_sends_a_reset_snapshot() {
     let first = client(address)
         .register_once(&spec("svc", 1))
         .await
-        .unwrap().id;
+        .unwrap()
+        .id;
     let mut watch = watcher.watch("svc").await.unwrap();
     let mut mirror = Mirror::default();
     mirror.apply(next(&mut watch).await);
@@ -395,7 +403,8 @@ async fn a_stalled_consumer_stays_bounded_and_catches_up() {
             actor
                 .register_once(&spec("busy", 20_000 + i))
                 .await
-                .unwrap().id
+                .unwrap()
+                .id
         }
     });
     let ids = futures_util::future::join_all(registers).await;
@@ -529,7 +538,7 @@ async fn dropping_a_watch_unsubscribes_it() {
 
     // Dropped watches get nothing more, and the others go on.
     watches.truncate(1);
-    client.register_once(&spec("t5", 1)).await.unwrap().id;
+    client.register_once(&spec("t5", 1)).await.unwrap();
     let id = client.register_once(&spec("t0", 1)).await.unwrap().id;
     let first = &mut watches[0];
     assert!(matches!(next(first).await, WatchEvent::Snapshot { .. }));
@@ -563,4 +572,54 @@ async fn a_watch_fails_when_no_server_answers_in_time() {
 async fn a_tiny_watch_buffer_is_refused() {
     let error = builder(dead_address()).watch_buffer(1).build().unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn new_metadata_keeps_the_id_and_watchers_see_the_update() {
+    let server = common::server(common::TTL).await;
+    let owner = client(server.address());
+    let watcher = client(server.address());
+    let mut registration = owner
+        .register(spec("rolling", 1).with_metadata("version", "1"))
+        .await
+        .unwrap();
+    let id = registration.id();
+    let mut watch = watcher.watch("rolling").await.unwrap();
+    let mut view = watcher.view("rolling").await.unwrap();
+    let mut mirror = Mirror::default();
+    mirror.apply(next(&mut watch).await);
+    assert_eq!(mirror.ids(), [id]);
+
+    let version_2 = discovery_client::Metadata::from([("version".to_owned(), "2".to_owned())]);
+    registration.set_metadata(version_2.clone()).await.unwrap();
+    assert_eq!(registration.id(), id, "same id");
+    assert_eq!(registration.spec().metadata, version_2);
+
+    let event = next(&mut watch).await;
+    match &event {
+        WatchEvent::Updated { instance, .. } => {
+            assert_eq!(instance.id, id);
+            assert_eq!(instance.metadata, version_2);
+            assert_eq!(instance.port, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    mirror.apply(event);
+    assert_eq!(mirror.instances[&id].metadata, version_2);
+    // The view replaces the entry in place.
+    timeout(PATIENCE, async {
+        while view.instances().first().map(|i| &i.metadata) != Some(&version_2) {
+            view.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the view took the update");
+    assert_eq!(view.instances().len(), 1);
+    // And a query lists the new metadata under the same id.
+    let found = watcher.query("rolling").await.unwrap();
+    assert_eq!((found[0].id, &found[0].metadata), (id, &version_2));
+
+    registration.shutdown().await.unwrap();
+    drop((watch, view, owner, watcher));
+    server.stop().await;
 }
