@@ -16,7 +16,7 @@ Exit codes:
   0  success
   1  failure: the server is unreachable, or it refused the request
   2  usage: the command line is wrong
-  3  not found: the server does not know the instance
+  3  not found: the server does not know the instance (heartbeat, deregister, update)
 
 A script on standard input (no command, stdin not a terminal) runs every line and exits 0
 when all succeeded, else with the code of the last line that failed.";
@@ -65,15 +65,25 @@ pub enum Command {
     /// Register an instance and print its new id. It then lives one TTL unless heartbeated,
     /// or as long as `--keep-alive` runs.
     Register(RegisterArgs),
-    /// Keep an instance alive for another TTL: prints OK, or NOT FOUND (exit 3).
+    /// Keep an instance alive for another TTL: prints OK, or NOT FOUND with the reason the
+    /// server knows (replaced, expired, deregistered) and exit 3.
     Heartbeat {
         /// The instance's id.
         id: Uuid,
     },
-    /// Remove an instance at once: prints OK, or NOT FOUND (exit 3).
+    /// Remove an instance at once: prints OK, or NOT FOUND (exit 3) like heartbeat.
     Deregister {
         /// The instance's id.
         id: Uuid,
+    },
+    /// Replace an instance's metadata, keeping its id: prints OK, or NOT FOUND (exit 3)
+    /// like heartbeat. The pairs given are the whole new metadata; none clears it.
+    Update {
+        /// The instance's id.
+        id: Uuid,
+        /// A metadata pair; repeat for more.
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        metadata: Vec<(String, String)>,
     },
     /// List the live instances of a type (an empty list is not an error).
     Query {
@@ -81,6 +91,8 @@ pub enum Command {
         #[arg(value_name = "TYPE")]
         service_type: String,
     },
+    /// List every type that has live instances, with how many, sorted by type.
+    Types,
     /// Print the instances of a type, then one line per change as it happens, until SIGINT
     /// or SIGTERM (exit 0). Survives server outages, resuming where it stopped; fails
     /// (exit 1) only when no server answers within --timeout at the start.
@@ -112,8 +124,14 @@ pub struct RegisterArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub metadata: Vec<(String, String)>,
 
+    /// How long the instance stays live without a heartbeat (`30s`, `2m`), within the
+    /// bounds the server allows; the server's TTL when not given.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+
     /// Stay in the foreground and keep the instance alive (through server restarts), print
-    /// its id again whenever it changes, and deregister on SIGINT or SIGTERM.
+    /// its id again whenever it changes, and deregister on SIGINT or SIGTERM. Exits 1 when
+    /// another register takes the endpoint.
     #[arg(long)]
     pub keep_alive: bool,
 }
@@ -143,7 +161,9 @@ pub const LINE_COMMANDS: &[&str] = &[
     "register",
     "heartbeat",
     "deregister",
+    "update",
     "query",
+    "types",
     "help",
     "exit",
     "quit",
@@ -154,6 +174,15 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if duration.is_zero() {
         return Err("the timeout must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// A humantime TTL that is not zero (no server grants one).
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("the TTL must be longer than zero".into());
     }
     Ok(duration)
 }
@@ -201,6 +230,44 @@ mod tests {
     fn a_zero_timeout_is_a_usage_error() {
         assert!(parse_timeout("0s").is_err());
         assert_eq!(parse_timeout("1500ms"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn register_takes_a_ttl_and_update_takes_pairs() {
+        let cli = Cli::try_parse_from([
+            "discovery-cli",
+            "register",
+            "--type",
+            "web",
+            "--ip",
+            "10.0.0.1",
+            "--port",
+            "80",
+            "--ttl",
+            "30s",
+        ])
+        .unwrap();
+        let Some(Command::Register(args)) = cli.command else {
+            panic!("a register");
+        };
+        assert_eq!(args.ttl, Some(Duration::from_secs(30)));
+        assert!(parse_ttl("0s").is_err());
+
+        let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        let line = Line::try_parse_from(["update", id, "--meta", "a=1", "--meta", "b=2"]).unwrap();
+        let Command::Update { metadata, .. } = line.command else {
+            panic!("an update");
+        };
+        assert_eq!(
+            metadata,
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        let line = Line::try_parse_from(["update", id]).unwrap();
+        assert!(matches!(line.command, Command::Update { metadata, .. } if metadata.is_empty()));
+        assert!(matches!(
+            Line::try_parse_from(["types"]).unwrap().command,
+            Command::Types
+        ));
     }
 
     #[test]

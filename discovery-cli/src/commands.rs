@@ -11,7 +11,9 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use chrono::Utc;
-use discovery_client::{Client, Error, ServiceSpec, WatchEvent};
+use discovery_client::{
+    Client, Error, Metadata, RegistrationState, Revision, ServiceSpec, WatchEvent,
+};
 
 use crate::args::{Command, RegisterArgs};
 use crate::output;
@@ -25,7 +27,8 @@ pub enum Exit {
     Failure,
     /// 2: the command line was wrong (clap uses 2 for its own usage errors too).
     Usage,
-    /// 3: the server does not know the instance.
+    /// 3: the server does not know the instance (it never did, or it expired, was
+    /// deregistered or was replaced).
     NotFound,
 }
 
@@ -81,13 +84,16 @@ impl From<io::Error> for Failure {
     }
 }
 
-/// What every command needs: the client, and the server's address for messages.
+/// What every command needs: the client, the server's address for messages, and how long
+/// anything may wait.
 #[derive(Debug, Clone)]
 pub struct Context {
     /// The client, connected on the first command.
     pub client: Client,
     /// The `--server` address as given, to name it in messages.
     pub server: String,
+    /// The `--timeout`: what the shell's completion waits for the server at most.
+    pub timeout: Duration,
 }
 
 /// Runs one command and writes its data to `out`.
@@ -108,16 +114,37 @@ pub async fn run<W: Write>(
             ));
         }
         Command::Register(args) => {
-            let id = ctx
+            let granted = ctx
                 .client
                 .register_once(&spec(args))
                 .await
                 .map_err(|e| fail(ctx, &e))?;
-            out.write_all(output::id(id, json).as_bytes())?;
+            out.write_all(output::id(granted.id, json).as_bytes())?;
             Exit::Success
         }
-        Command::Heartbeat { id } => found(ctx, ctx.client.heartbeat(*id).await, json, out)?,
-        Command::Deregister { id } => found(ctx, ctx.client.deregister(*id).await, json, out)?,
+        Command::Heartbeat { id } => {
+            let result = ctx.client.heartbeat(*id).await.map(|()| None);
+            found(ctx, result, json, out)?
+        }
+        Command::Deregister { id } => {
+            let result = ctx.client.deregister(*id).await.map(|()| None);
+            found(ctx, result, json, out)?
+        }
+        Command::Update { id, metadata } => {
+            let metadata: Metadata = metadata.iter().cloned().collect();
+            let result = ctx.client.update(*id, metadata).await.map(Some);
+            found(ctx, result, json, out)?
+        }
+        Command::Types => {
+            let types = ctx.client.list_types().await.map_err(|e| fail(ctx, &e))?;
+            let text = if json {
+                output::json_types(&types)
+            } else {
+                output::types_table(&types)
+            };
+            out.write_all(text.as_bytes())?;
+            Exit::Success
+        }
         Command::Query { service_type } => {
             let instances = ctx
                 .client
@@ -148,7 +175,9 @@ pub async fn run<W: Write>(
 /// and when `stop` completes (SIGINT or SIGTERM in the binary) deregisters and returns.
 ///
 /// A deregister that finds the instance already gone is a success; one that cannot reach
-/// the server is a failure (the instance then expires after one TTL).
+/// the server is a failure (the instance then expires after one TTL). When another register
+/// takes the endpoint, the registration stops for good, and so does the command: a failure
+/// saying so, and nothing to deregister.
 pub async fn keep_alive<W: Write>(
     ctx: &Context,
     args: &RegisterArgs,
@@ -177,6 +206,14 @@ pub async fn keep_alive<W: Write>(
                     break;
                 }
                 let state = *states.borrow_and_update();
+                if let RegistrationState::Replaced { .. } = state {
+                    drop(registration);
+                    return Err(Failure::error(format!(
+                        "another register took {} ({}); stopping",
+                        std::net::SocketAddr::new(args.ip, args.port),
+                        args.service_type
+                    )));
+                }
                 match state.id() {
                     Some(id) if id != printed => {
                         printed = id;
@@ -256,26 +293,34 @@ pub async fn watch<W: Write>(
 /// The spec `register` announces.
 fn spec(args: &RegisterArgs) -> ServiceSpec {
     let address = std::net::SocketAddr::new(args.ip, args.port);
-    args.metadata.iter().fold(
+    let spec = args.metadata.iter().fold(
         ServiceSpec::new(args.service_type.clone(), address),
         |spec, (k, v)| spec.with_metadata(k, v),
-    )
+    );
+    match args.ttl {
+        Some(ttl) => spec.with_ttl(ttl),
+        None => spec,
+    }
 }
 
-/// A heartbeat's or deregister's answer: `OK` (exit 0) or `NOT FOUND` (exit 3), both data
-/// on stdout; anything else a failure.
+/// A heartbeat's, deregister's or update's answer: `OK` (exit 0, with the revision of an
+/// update in JSON) or `NOT FOUND` and why (exit 3), both data on stdout; anything else a
+/// failure.
 fn found<W: Write>(
     ctx: &Context,
-    result: Result<(), Error>,
+    result: Result<Option<Revision>, Error>,
     json: bool,
     out: &mut W,
 ) -> Result<Exit, Failure> {
-    let exit = match result {
-        Ok(()) => Exit::Success,
-        Err(e) if e.is_not_found() => Exit::NotFound,
+    let (exit, text) = match result {
+        Ok(revision) => (Exit::Success, output::ok(revision, json)),
+        Err(e) if e.is_not_found() => (
+            Exit::NotFound,
+            output::not_found(e.not_found_reason(), json),
+        ),
         Err(e) => return Err(fail(ctx, &e)),
     };
-    out.write_all(output::status(exit == Exit::Success, json).as_bytes())?;
+    out.write_all(text.as_bytes())?;
     Ok(exit)
 }
 
@@ -304,6 +349,10 @@ pub fn describe(error: &Error, server: &str) -> String {
         }
         Error::Rejected { message, .. } => format!("the server refused the request: {message}"),
         Error::Timeout { after } => format!("no answer from {server} within {}", duration(*after)),
+        Error::Throttled { retry_after } => format!(
+            "the server is rate-limiting this client; try again in {}",
+            duration(*retry_after)
+        ),
         other => other.to_string(),
     }
 }

@@ -62,6 +62,7 @@ fn start(cli: &Cli) -> Result<(Runtime, Context), Failure> {
     let ctx = Context {
         client,
         server: cli.global.server.clone(),
+        timeout: cli.global.timeout,
     };
     Ok((runtime, ctx))
 }

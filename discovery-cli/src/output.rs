@@ -4,7 +4,7 @@
 //! Only data goes through here: errors are written to stderr by the callers.
 
 use chrono::{DateTime, Utc};
-use discovery_client::{Instance, RemoveReason, Revision, Uuid, WatchEvent};
+use discovery_client::{Instance, RemoveReason, Revision, TypeCount, Uuid, WatchEvent};
 use serde_json::{Value, json};
 
 /// The header of the query table.
@@ -28,22 +28,56 @@ pub fn table(instances: &[Instance], now: DateTime<Utc>) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADERS.map(str::len);
-    for row in &rows {
+    // The port, a number, aligns right.
+    render(HEADERS, &rows, &[2])
+}
+
+/// The list of types as a table in the style of the query table: `TYPE` and `INSTANCES`,
+/// sorted by type.
+pub fn types_table(types: &[TypeCount]) -> String {
+    let rows: Vec<[String; 2]> = sorted_types(types)
+        .iter()
+        .map(|count| [count.service_type.clone(), count.instances.to_string()])
+        .collect();
+    render(["TYPE", "INSTANCES"], &rows, &[1])
+}
+
+/// The list of types as one line of JSON: an array of `{"type", "instances"}` objects,
+/// sorted by type.
+pub fn json_types(types: &[TypeCount]) -> String {
+    let array: Vec<Value> = sorted_types(types)
+        .iter()
+        .map(|count| json!({ "type": count.service_type, "instances": count.instances }))
+        .collect();
+    format!("{}\n", Value::Array(array))
+}
+
+/// The types sorted by name (the server sorts them already; a table does not rely on it).
+fn sorted_types(types: &[TypeCount]) -> Vec<&TypeCount> {
+    let mut sorted: Vec<&TypeCount> = types.iter().collect();
+    sorted.sort_by(|a, b| a.service_type.cmp(&b.service_type));
+    sorted
+}
+
+/// A table: the header, then the rows, columns two spaces apart and as wide as their
+/// widest cell; the columns in `right` (numbers) align right, the others left, and the
+/// last one is not padded.
+fn render<const N: usize>(headers: [&str; N], rows: &[[String; N]], right: &[usize]) -> String {
+    let mut widths = headers.map(str::len);
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header = HEADERS.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
+    let header = headers.map(str::to_owned);
+    for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
         for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if column == HEADERS.len() - 1 {
-                line.push_str(cell);
-            } else if column == 2 {
-                // Numbers align right.
+            if right.contains(&column) {
                 line.push_str(&format!("{cell:>width$}  "));
+            } else if column == N - 1 {
+                line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<width$}  "));
             }
@@ -85,14 +119,33 @@ pub fn id(id: Uuid, json: bool) -> String {
     }
 }
 
-/// The answer to a heartbeat or deregister: `OK` or `NOT FOUND`, or in JSON
-/// `{"status":"ok"}` or `{"status":"not_found"}`.
-pub fn status(found: bool, json: bool) -> String {
-    match (found, json) {
-        (true, false) => "OK\n".to_owned(),
-        (false, false) => "NOT FOUND\n".to_owned(),
-        (true, true) => format!("{}\n", json!({ "status": "ok" })),
-        (false, true) => format!("{}\n", json!({ "status": "not_found" })),
+/// A heartbeat, deregister or update that succeeded: `OK`, or in JSON `{"status":"ok"}`,
+/// with the `revision` of the change when there is one (an update).
+pub fn ok(revision: Option<Revision>, json: bool) -> String {
+    if !json {
+        return "OK\n".to_owned();
+    }
+    let mut line = json!({ "status": "ok" });
+    if let Some(revision) = revision {
+        line["revision"] = json!(revision.to_string());
+    }
+    format!("{line}\n")
+}
+
+/// An instance the server does not know: `NOT FOUND`, followed by why when the server
+/// remembers (`NOT FOUND (replaced)`); in JSON `{"status":"not_found","reason":"replaced"}`,
+/// the `reason` key absent when the reason is unknown.
+pub fn not_found(reason: Option<RemoveReason>, json: bool) -> String {
+    match (reason, json) {
+        (None, false) => "NOT FOUND\n".to_owned(),
+        (Some(reason), false) => format!("NOT FOUND ({})\n", reason_name(reason)),
+        (reason, true) => {
+            let mut line = json!({ "status": "not_found" });
+            if let Some(reason) = reason {
+                line["reason"] = json!(reason_name(reason));
+            }
+            format!("{line}\n")
+        }
     }
 }
 
@@ -100,12 +153,13 @@ pub fn status(found: bool, json: bool) -> String {
 /// (an outage, a resumption, a lag).
 ///
 /// For people: `snapshot r=REV count=N` (`reset ...` when it replaces an earlier list),
-/// then `= ID IP:PORT META` per instance; `+ ID IP:PORT META` for an added instance and
+/// then `= ID IP:PORT META` per instance; `+ ID IP:PORT META` for an added instance,
+/// `~ ID IP:PORT META` for one whose metadata changed (the new metadata) and
 /// `- ID IP:PORT (REASON)` for a removed one.
 ///
 /// In JSON, one object per line: a marker `{"event": "snapshot" | "reset", "revision",
-/// "count"}` followed by `count` lines with `"event": "present"`; `"added"` and
-/// `"removed"` (with `"reason"`) for changes. Instance lines carry exactly `event`,
+/// "count"}` followed by `count` lines with `"event": "present"`; `"added"`, `"updated"`
+/// and `"removed"` (with `"reason"`) for changes. Instance lines carry exactly `event`,
 /// `revision`, `id`, `type`, `ip`, `port` and `metadata`. The revision is a string.
 pub fn watch_event(event: &WatchEvent, json: bool) -> Option<String> {
     let mut out = String::new();
@@ -134,6 +188,9 @@ pub fn watch_event(event: &WatchEvent, json: bool) -> Option<String> {
         }
         WatchEvent::Added { revision, instance } => {
             out.push_str(&change_line("added", *revision, instance, None, json));
+        }
+        WatchEvent::Updated { revision, instance } => {
+            out.push_str(&change_line("updated", *revision, instance, None, json));
         }
         WatchEvent::Removed {
             revision,
@@ -180,6 +237,7 @@ fn change_line(
     match (event, reason) {
         (_, Some(reason)) => format!("- {} {address} ({})\n", instance.id, reason_name(reason)),
         ("added", None) => format!("+ {} {address} {}\n", instance.id, metadata(instance)),
+        ("updated", None) => format!("~ {} {address} {}\n", instance.id, metadata(instance)),
         _ => format!("= {} {address} {}\n", instance.id, metadata(instance)),
     }
 }
@@ -404,7 +462,63 @@ mod tests {
             id(uuid, true),
             "{\"id\":\"00000000-0000-0000-0000-00000000abcd\"}\n"
         );
-        assert_eq!(status(false, false), "NOT FOUND\n");
-        assert_eq!(status(true, true), "{\"status\":\"ok\"}\n");
+        assert_eq!(ok(None, false), "OK\n");
+        assert_eq!(ok(None, true), "{\"status\":\"ok\"}\n");
+        assert_eq!(
+            ok(Some(revision(3)), true),
+            "{\"revision\":\"0000000000c0ffee-3\",\"status\":\"ok\"}\n"
+        );
+        assert_eq!(not_found(None, false), "NOT FOUND\n");
+        assert_eq!(
+            not_found(Some(RemoveReason::Replaced), false),
+            "NOT FOUND (replaced)\n"
+        );
+        assert_eq!(
+            not_found(Some(RemoveReason::Expired), false),
+            "NOT FOUND (expired)\n"
+        );
+        assert_eq!(
+            not_found(Some(RemoveReason::Deregistered), true),
+            "{\"reason\":\"deregistered\",\"status\":\"not_found\"}\n"
+        );
+        assert_eq!(not_found(None, true), "{\"status\":\"not_found\"}\n");
+    }
+
+    #[test]
+    fn types_are_a_table_or_json_sorted_by_type() {
+        let count = |name: &str, instances| TypeCount {
+            service_type: name.into(),
+            instances,
+        };
+        let types = [count("web", 12), count("billing", 3)];
+        assert_eq!(
+            types_table(&types),
+            "TYPE     INSTANCES\nbilling          3\nweb             12\n"
+        );
+        assert_eq!(types_table(&[]), "TYPE  INSTANCES\n");
+        let value: Value = serde_json::from_str(&json_types(&types)).unwrap();
+        assert_eq!(
+            value,
+            json!([{"type": "billing", "instances": 3}, {"type": "web", "instances": 12}])
+        );
+        assert_eq!(json_types(&[]), "[]\n");
+    }
+
+    #[test]
+    fn an_update_is_a_tilde_line_or_an_updated_object() {
+        let now = Utc::now();
+        let event = WatchEvent::Updated {
+            revision: revision(11),
+            instance: instance(80, &[("v", "2")], now),
+        };
+        let id80 = Uuid::from_u128(80);
+        assert_eq!(
+            watch_event(&event, false).unwrap(),
+            format!("~ {id80} 10.0.0.1:80 v=2\n")
+        );
+        let line: Value = serde_json::from_str(&watch_event(&event, true).unwrap()).unwrap();
+        assert_eq!(line["event"], "updated");
+        assert_eq!(line["metadata"]["v"], "2");
+        assert_eq!(line.as_object().unwrap().len(), 7);
     }
 }

@@ -7,9 +7,16 @@
 //! rustyline blocks its thread while it waits for a key, so the shell does not run inside
 //! the runtime: it reads on the main thread and runs each command with
 //! [`Runtime::block_on`], while the client's worker lives on the runtime's own threads.
+//!
+//! Tab completes command names, options, and type names after `query`, `watch` and
+//! `register --type`: those are asked of the server (`list_types`) when completion wants
+//! them, kept for a few seconds, and never waited for longer than `--timeout`; a server
+//! that does not answer in time only means no type names.
 
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::error::ErrorKind as ClapErrorKind;
@@ -20,13 +27,16 @@ use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Editor, Helper};
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
 
 use crate::args::{LINE_COMMANDS, Line};
 use crate::commands::{self, Context, Exit, Failure};
 
 /// The prompt of the interactive shell.
 const PROMPT: &str = "discovery> ";
+
+/// How long the type names fetched for completion are used before they are asked again.
+const TYPES_KEPT: Duration = Duration::from_secs(5);
 
 /// What a line came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,7 +62,13 @@ pub fn interactive(runtime: &Runtime, ctx: &Context, json: bool) -> Exit {
             return Exit::Failure;
         }
     };
-    editor.set_helper(Some(LineHelper));
+    editor.set_helper(Some(LineHelper {
+        types: TypeNames {
+            runtime: runtime.handle().clone(),
+            ctx: ctx.clone(),
+            cached: Mutex::new(None),
+        },
+    }));
     let history = history_file();
     if let Some(path) = &history {
         // A missing file is the first session.
@@ -176,8 +192,46 @@ fn history_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".discovery_cli_history"))
 }
 
-/// Completion for the shell: command names for the first word, options after a `-`.
-struct LineHelper;
+/// Completion for the shell: command names for the first word, options after a `-`, type
+/// names where a type goes.
+struct LineHelper {
+    types: TypeNames,
+}
+
+/// The type names the server lists, fetched when completion asks and kept a few seconds.
+struct TypeNames {
+    runtime: Handle,
+    ctx: Context,
+    /// When the names were fetched, and the names.
+    cached: Mutex<Option<(Instant, Vec<String>)>>,
+}
+
+impl TypeNames {
+    /// The names, fetched again when the ones kept are older than [`TYPES_KEPT`]. Waits at
+    /// most the `--timeout`; a server that does not answer in time gives the names kept,
+    /// if any, or none.
+    fn get(&self) -> Vec<String> {
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, names)) = cached.as_ref()
+            && at.elapsed() < TYPES_KEPT
+        {
+            return names.clone();
+        }
+        let fetch = tokio::time::timeout(self.ctx.timeout, self.ctx.client.list_types());
+        match self.runtime.block_on(fetch) {
+            Ok(Ok(types)) => {
+                let names: Vec<String> = types.into_iter().map(|t| t.service_type).collect();
+                *cached = Some((Instant::now(), names.clone()));
+                names
+            }
+            // Completion is a convenience: no names rather than an error in the prompt.
+            Ok(Err(_)) | Err(_) => cached
+                .as_ref()
+                .map(|(_, names)| names.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
 
 impl Completer for LineHelper {
     type Candidate = Pair;
@@ -188,7 +242,7 @@ impl Completer for LineHelper {
         pos: usize,
         _ctx: &rustyline::Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        Ok(complete(&line[..pos]))
+        Ok(complete(&line[..pos], || self.types.get()))
     }
 }
 
@@ -200,26 +254,32 @@ impl Validator for LineHelper {}
 impl Helper for LineHelper {}
 
 /// The completions of the word that ends `before` (the line up to the cursor): where it
-/// starts, and the candidates.
-fn complete(before: &str) -> (usize, Vec<Pair>) {
+/// starts, and the candidates. `types` gives the type names, and is called only where a
+/// type goes: the first argument of `query` and `watch`, the value of `register --type`.
+fn complete(before: &str, types: impl FnOnce() -> Vec<String>) -> (usize, Vec<Pair>) {
     let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
     let word = &before[start..];
-    let first_word = before[..start].trim().is_empty();
-    let options: &[&str] = if first_word {
-        LINE_COMMANDS
-    } else if word.starts_with('-') {
-        match before.split_whitespace().next() {
-            Some("register") => &["--type", "--ip", "--port", "--meta", "--json", "--help"],
-            _ => &["--json", "--help"],
+    let earlier: Vec<&str> = before[..start].split_whitespace().collect();
+    let options: Vec<String> = match (earlier.as_slice(), earlier.last()) {
+        ([], _) => LINE_COMMANDS.iter().map(|&name| name.to_owned()).collect(),
+        _ if word.starts_with('-') => {
+            let names: &[&str] = match earlier[0] {
+                "register" => &[
+                    "--type", "--ip", "--port", "--meta", "--ttl", "--json", "--help",
+                ],
+                "update" => &["--meta", "--json", "--help"],
+                _ => &["--json", "--help"],
+            };
+            names.iter().map(|&name| name.to_owned()).collect()
         }
-    } else {
-        &[]
+        (["query" | "watch"], _) | (["register", ..], Some(&"--type")) => types(),
+        _ => Vec::new(),
     };
     let candidates = options
         .iter()
         .filter(|name| name.starts_with(word))
         .map(|name| Pair {
-            display: (*name).to_owned(),
+            display: name.clone(),
             replacement: format!("{name} "),
         })
         .collect();
@@ -231,7 +291,13 @@ mod tests {
     use super::*;
 
     fn names(before: &str) -> (usize, Vec<String>) {
-        let (start, pairs) = complete(before);
+        let (start, pairs) = complete(before, || panic!("no type goes here: {before:?}"));
+        (start, pairs.into_iter().map(|p| p.display).collect())
+    }
+
+    fn with_types(before: &str) -> (usize, Vec<String>) {
+        let types = || vec!["billing".to_owned(), "web".to_owned(), "worker".to_owned()];
+        let (start, pairs) = complete(before, types);
         (start, pairs.into_iter().map(|p| p.display).collect())
     }
 
@@ -255,6 +321,26 @@ mod tests {
             (20, vec!["--port".to_owned()])
         );
         assert_eq!(names("query web --j"), (10, vec!["--json".to_owned()]));
-        assert!(names("query we").1.is_empty());
+        assert_eq!(
+            names("register --t"),
+            (9, vec!["--type".to_owned(), "--ttl".to_owned()])
+        );
+        assert!(names("heartbeat 67e5").1.is_empty());
+        assert!(names("query web ").1.is_empty(), "one type only");
+    }
+
+    #[test]
+    fn a_type_completes_to_the_servers_types() {
+        assert_eq!(
+            with_types("query w"),
+            (6, vec!["web".to_owned(), "worker".to_owned()])
+        );
+        assert_eq!(with_types("watch b"), (6, vec!["billing".to_owned()]));
+        assert_eq!(with_types("register --type ").1.len(), 3);
+        assert_eq!(
+            with_types("register --ip 10.0.0.1 --type wo"),
+            (30, vec!["worker".to_owned()])
+        );
+        assert!(with_types("register --ip ").1.is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! The `discovery-cli` binary, driven end to end against real servers started in this
 //! process on 127.0.0.1: every command, `--json`, the exit codes, the environment,
-//! `--keep-alive` across a server restart and on signals, `watch` and its JSON lines, and a
-//! script on stdin.
+//! `--keep-alive` across a server restart, on signals and when another register takes its
+//! endpoint, `watch` and its JSON lines, `types`, `update`, `--ttl`, the reasons of NOT
+//! FOUND, and a script on stdin.
 
 use std::net::SocketAddr;
 use std::process::{Output, Stdio};
@@ -208,13 +209,14 @@ async fn every_command_against_a_server() {
     let age = chrono::Utc::now() - when.to_utc();
     assert!(age < chrono::TimeDelta::seconds(5), "{age}");
 
-    // heartbeat and deregister: OK, then NOT FOUND with exit 3.
+    // heartbeat and deregister: OK, then NOT FOUND and why, with exit 3.
     let id = id.to_string();
     for (args, out, code) in [
         (["heartbeat", &id], "OK\n", 0),
         (["deregister", &id], "OK\n", 0),
-        (["deregister", &id], "NOT FOUND\n", 3),
-        (["heartbeat", &id], "NOT FOUND\n", 3),
+        // The server remembers why the id is gone.
+        (["deregister", &id], "NOT FOUND (deregistered)\n", 3),
+        (["heartbeat", &id], "NOT FOUND (deregistered)\n", 3),
     ] {
         let output = cli(addr, &args).await;
         assert_code(&output, code);
@@ -705,4 +707,199 @@ async fn watch_fails_at_once_without_a_server_and_is_refused_in_scripts() {
         "{}",
         stderr(&output)
     );
+}
+
+#[tokio::test]
+async fn types_are_a_table_and_json() {
+    let server = server_with_ttl("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await;
+    let addr = server.addr;
+    let output = cli(addr, &["types"]).await;
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "TYPE  INSTANCES\n", "just the header");
+    for (service_type, port) in [("web", 1), ("billing", 2), ("web", 3)] {
+        register(addr, service_type, port, &[]).await;
+    }
+    let output = cli(addr, &["types"]).await;
+    assert_code(&output, 0);
+    assert_eq!(
+        stdout(&output),
+        "TYPE     INSTANCES\nbilling          1\nweb              2\n"
+    );
+    let output = cli(addr, &["types", "--json"]).await;
+    assert_code(&output, 0);
+    let value: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!([{"type": "billing", "instances": 1}, {"type": "web", "instances": 2}])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_register_with_its_own_ttl_is_gone_soon_after_it() {
+    // The server's TTL is a minute; the register asks for two seconds.
+    let server = server_with_ttl("127.0.0.1:0".parse().unwrap(), Duration::from_secs(60)).await;
+    let addr = server.addr;
+    let id = register(addr, "brief", 7100, &["--ttl", "2s"]).await;
+    assert_eq!(ids(&query_json(addr, "brief").await), [id.to_string()]);
+    // Gone after its own two seconds, far sooner than the server's minute.
+    eventually("expired after its own TTL", || async {
+        query_json(addr, "brief").await.is_empty()
+    })
+    .await;
+    let output = cli(addr, &["heartbeat", &id.to_string()]).await;
+    assert_code(&output, 3);
+    assert_eq!(stdout(&output), "NOT FOUND (expired)\n");
+    // A TTL the server does not allow is a refusal.
+    let output = cli(
+        addr,
+        &[
+            "register",
+            "--type",
+            "brief",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            "7101",
+            "--ttl",
+            "100y",
+        ],
+    )
+    .await;
+    assert_code(&output, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn update_keeps_the_id_and_a_watch_prints_it() {
+    let server = server_with_ttl("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await;
+    let addr = server.addr;
+    let id = register(addr, "web", 8080, &["--meta", "version=1"]).await;
+    let (child, mut lines) = spawn_watch(addr, &["watch", "web"]);
+    assert!(next_line(&mut lines).await.starts_with("snapshot "));
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("= {id} 127.0.0.1:8080 version=1")
+    );
+
+    let output = cli(
+        addr,
+        &[
+            "update",
+            &id.to_string(),
+            "--meta",
+            "version=2",
+            "--meta",
+            "zone=b",
+        ],
+    )
+    .await;
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "OK\n");
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("~ {id} 127.0.0.1:8080 version=2,zone=b")
+    );
+    let instances = query_json(addr, "web").await;
+    assert_eq!(ids(&instances), [id.to_string()], "the same id");
+    assert_eq!(
+        instances[0]["metadata"],
+        serde_json::json!({"version": "2", "zone": "b"})
+    );
+
+    // No --meta: the metadata is cleared. With --json, the revision of the change.
+    let output = cli(addr, &["update", &id.to_string(), "--json"]).await;
+    assert_code(&output, 0);
+    let line: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(keys(&line), ["revision", "status"]);
+    assert_eq!(line["status"], "ok");
+    seq(&line["revision"]);
+    assert_eq!(
+        next_line(&mut lines).await,
+        format!("~ {id} 127.0.0.1:8080 -")
+    );
+
+    let unknown = Uuid::new_v4().to_string();
+    let output = cli(addr, &["update", &unknown, "--meta", "a=b"]).await;
+    assert_code(&output, 3);
+    assert_eq!(stdout(&output), "NOT FOUND\n");
+
+    stop_with(child, lines, "TERM").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_id_is_not_found_and_says_so() {
+    let server = server_with_ttl("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await;
+    let addr = server.addr;
+    let older = register(addr, "web", 8080, &[]).await.to_string();
+    let newer = register(addr, "web", 8080, &[]).await;
+    let output = cli(addr, &["heartbeat", &older, "--json"]).await;
+    assert_code(&output, 3);
+    assert_eq!(
+        stdout(&output),
+        "{\"reason\":\"replaced\",\"status\":\"not_found\"}\n"
+    );
+    let output = cli(addr, &["deregister", &older]).await;
+    assert_code(&output, 3);
+    assert_eq!(stdout(&output), "NOT FOUND (replaced)\n");
+    // An id the server never knew has no reason.
+    let output = cli(addr, &["heartbeat", &Uuid::new_v4().to_string(), "--json"]).await;
+    assert_code(&output, 3);
+    assert_eq!(stdout(&output), "{\"status\":\"not_found\"}\n");
+    assert_eq!(ids(&query_json(addr, "web").await), [newer.to_string()]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_stops_when_another_register_takes_its_endpoint() {
+    let server = server().await;
+    let addr = server.addr;
+    let mut child = command(
+        addr,
+        &[
+            "register",
+            "--type",
+            "contested",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            "7200",
+            "--keep-alive",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = parse_id(&format!("{}\n", next_line(&mut lines).await));
+    assert_eq!(
+        ids(&query_json(addr, "contested").await),
+        [first.to_string()]
+    );
+
+    // Another process announces the same endpoint.
+    let second = register(addr, "contested", 7200, &[]).await;
+    let output = timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert_code(&output, 1);
+    assert!(
+        stdout(&output).is_empty(),
+        "no other id: {}",
+        stdout(&output)
+    );
+    let err = stderr(&output);
+    assert!(
+        err.contains("discovery-cli: another register took 127.0.0.1:7200 (contested); stopping"),
+        "{err}"
+    );
+    // It took nothing back and deregistered nothing: the other one holds the endpoint.
+    assert_eq!(
+        ids(&query_json(addr, "contested").await),
+        [second.to_string()]
+    );
+    server.stop().await;
 }
