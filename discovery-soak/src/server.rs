@@ -103,6 +103,12 @@ fn spawn(bin: &PathBuf, ttl: Duration, listen: SocketAddr) -> Result<(Child, Soc
         .arg(listen.to_string())
         .arg("--ttl")
         .arg(humantime::format_duration(ttl).to_string())
+        // The bounds a register's own TTL may ask for must hold the server's: widen them
+        // to it when the soak's TTL lies outside the defaults (1 s to 1 h).
+        .arg("--min-ttl")
+        .arg(humantime::format_duration(ttl.min(Duration::from_secs(1))).to_string())
+        .arg("--max-ttl")
+        .arg(humantime::format_duration(ttl.max(Duration::from_secs(3600))).to_string())
         // Its log goes to our stderr; only warnings, so that a restart's thousands of
         // reconnections do not flood it.
         .env(
