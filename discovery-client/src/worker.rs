@@ -6,11 +6,11 @@
 //! [`Session`] until it ends, and connects again while calls or watches wait. Its parts live
 //! below it: [`Inbox`] (what the handles send), [`Failover`] (which address next, and
 //! when), [`Session`] (one connection, from `Hello` to its end), [`InFlight`] (the requests
-//! on the wire), [`WatchTable`] (the open watches), and [`stop`](crate::stop) (why it
+//! on the wire), [`WatchTable`] (the open watches), and [`stop`] (why it
 //! stopped).
 //!
 //! A call that waits longer than the connect timeout for a connection fails with
-//! [`Error::Unreachable`](crate::Error::Unreachable) (or with the `Unavailable` refusal of
+//! [`Error::Unreachable`] (or with the `Unavailable` refusal of
 //! the last server that could not serve it); a call whose caller gave up is dropped
 //! unsent. While a watch is open the worker keeps connecting, with failover and
 //! backoff, and never gives up.
