@@ -1,6 +1,7 @@
 //! The exact bytes of the protocol, as `docs/PROTOCOL.md` describes them to implementers in
 //! other languages: if one of these tests has to change, the document (and every client
-//! written from it) has to change too.
+//! written from it) has to change too. `the_document_shows_what_the_encoder_writes` reads
+//! the hex dumps of the document itself and compares them with the encoder's output.
 
 mod common;
 
@@ -41,6 +42,14 @@ fn check<F: Frame + PartialEq + std::fmt::Debug>(frame: F, spec: &str) {
     assert_eq!(payload, expected, "{frame:?}");
     let back: F = encoding::decode(&expected).expect("decodes");
     assert_eq!(back, frame);
+}
+
+/// `frame` as it travels: the 4-byte big-endian length, then the payload.
+fn wire<F: Frame>(frame: &F) -> Vec<u8> {
+    let payload = encoding::encode(frame).expect("encodes");
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend(payload);
+    out
 }
 
 const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
@@ -994,4 +1003,365 @@ fn sub_millisecond_times_truncate() {
         instances[0].last_heartbeat.timestamp_subsec_nanos(),
         123_000_000
     );
+}
+
+/// A frame of the document: which way it goes, and the message.
+#[derive(Debug)]
+enum Shown {
+    C(ClientFrame),
+    S(ServerFrame),
+}
+
+impl Shown {
+    fn wire(&self) -> Vec<u8> {
+        match self {
+            Shown::C(frame) => wire(frame),
+            Shown::S(frame) => wire(frame),
+        }
+    }
+}
+
+/// The values of the document's exchange: one instance, its id, and the revisions of the
+/// server run (incarnation 0x5f3c9a21d4e807b6).
+mod doc {
+    use super::*;
+
+    pub fn id() -> Uuid {
+        Uuid::parse_str("3541fb90-3f71-4c61-acc5-57f23323c3ee").expect("a valid uuid")
+    }
+
+    pub fn revision(seq: u64) -> Revision {
+        Revision {
+            incarnation: 0x5f3c_9a21_d4e8_07b6,
+            seq,
+        }
+    }
+
+    pub fn entry(zone_value: &str) -> Entry {
+        Entry {
+            id: id(),
+            ip: Ipv4Addr::new(10, 0, 0, 5).into(),
+            port: 8080,
+            metadata: zone(zone_value),
+            last_heartbeat: DateTime::from_timestamp_millis(1_796_001_676_359).expect("in range"),
+        }
+    }
+
+    pub fn register(ttl: Option<Duration>) -> Request {
+        Request::Register {
+            service_type: "billing".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 5).into(),
+            port: 8080,
+            metadata: zone("eu-1"),
+            ttl,
+        }
+    }
+
+    pub fn hello(protocol_version: u16) -> Request {
+        Request::Hello {
+            protocol_version,
+            client_name: "py".into(),
+        }
+    }
+
+    pub fn heartbeat(min_revision: Option<Revision>) -> Request {
+        Request::Heartbeat {
+            id: id(),
+            min_revision,
+        }
+    }
+
+    /// The exchange of § 8, in order.
+    pub fn exchange() -> Vec<Shown> {
+        use Shown::{C, S};
+        vec![
+            C(ClientFrame::new(1, hello(2))),
+            S(ServerFrame::new(
+                1,
+                Response::Welcome {
+                    protocol_version: 2,
+                    ttl: Duration::from_secs(5),
+                    min_ttl: Duration::from_secs(1),
+                    max_ttl: Duration::from_secs(3600),
+                    idle_timeout: Duration::from_secs(60),
+                    frame_timeout: Duration::from_secs(10),
+                    limits: default_limits(),
+                },
+            )),
+            C(ClientFrame::new(2, register(None))),
+            S(ServerFrame::new(
+                2,
+                Response::Registered {
+                    id: id(),
+                    ttl: Duration::from_secs(5),
+                    revision: revision(1),
+                },
+            )),
+            C(ClientFrame::new(3, heartbeat(None))),
+            S(ServerFrame::new(3, Response::Ok)),
+            C(ClientFrame::new(
+                4,
+                Request::Query {
+                    service_type: "billing".into(),
+                    min_revision: None,
+                },
+            )),
+            S(ServerFrame::new(
+                4,
+                Response::Instances {
+                    service_type: "billing".into(),
+                    stale_ms: None,
+                    instances: vec![entry("eu-1")],
+                    more: false,
+                },
+            )),
+            C(ClientFrame::new(
+                5,
+                Request::Watch {
+                    service_type: "billing".into(),
+                    since: None,
+                    min_revision: Some(revision(1)),
+                },
+            )),
+            S(ServerFrame::new(
+                5,
+                Response::Snapshot {
+                    revision: revision(1),
+                    reset: false,
+                    instances: vec![entry("eu-1")],
+                    more: false,
+                },
+            )),
+            C(ClientFrame::new(
+                6,
+                Request::Update {
+                    id: id(),
+                    metadata: zone("eu-2"),
+                    min_revision: None,
+                },
+            )),
+            S(ServerFrame::new(
+                6,
+                Response::Done {
+                    revision: revision(2),
+                },
+            )),
+            S(ServerFrame::new(
+                5,
+                Response::Updated {
+                    revision: revision(2),
+                    instance: Instance::from_entry("billing", entry("eu-2")),
+                },
+            )),
+            C(ClientFrame::new(7, Request::Unwatch { watch: 5 })),
+            S(ServerFrame::new(7, Response::Ok)),
+            C(ClientFrame::new(8, Request::ListTypes)),
+            S(ServerFrame::new(
+                8,
+                Response::Types {
+                    types: vec![TypeCount {
+                        service_type: "billing".into(),
+                        instances: 1,
+                    }],
+                    more: false,
+                },
+            )),
+            C(ClientFrame::new(
+                9,
+                Request::Deregister {
+                    id: id(),
+                    min_revision: None,
+                },
+            )),
+            S(ServerFrame::new(
+                9,
+                Response::Done {
+                    revision: revision(3),
+                },
+            )),
+            C(ClientFrame::new(10, heartbeat(None))),
+            S(ServerFrame::new(
+                10,
+                Response::NotFound {
+                    reason: Some(RemoveReason::Deregistered),
+                },
+            )),
+            C(ClientFrame::new(11, Request::Ping)),
+            S(ServerFrame::new(11, Response::Pong)),
+        ]
+    }
+
+    /// The frames § 8 takes apart byte by byte, in the order it shows them: most from the
+    /// exchange, then frames the exchange does not have.
+    pub fn annotated() -> Vec<Shown> {
+        let exchange = exchange();
+        // Hello, Welcome, Register, Registered, Heartbeat and Ok, Query, Instances, Watch,
+        // Snapshot, Update, Done, Updated, ListTypes, Types, NotFound.
+        let mut shown: Vec<Shown> = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16, 20]
+            .into_iter()
+            .map(|i| match &exchange[i] {
+                Shown::C(frame) => Shown::C(frame.clone()),
+                Shown::S(frame) => Shown::S(frame.clone()),
+            })
+            .collect();
+        shown.extend([
+            Shown::C(ClientFrame::new(2, register(Some(Duration::from_secs(30))))),
+            Shown::S(ServerFrame::new(
+                2,
+                Response::Registered {
+                    id: id(),
+                    ttl: Duration::from_secs(30),
+                    revision: revision(1),
+                },
+            )),
+            Shown::C(ClientFrame::new(3, heartbeat(Some(revision(1))))),
+            Shown::S(ServerFrame::new(3, Response::NotFound { reason: None })),
+            Shown::S(ServerFrame::new(
+                4,
+                Response::Instances {
+                    service_type: "billing".into(),
+                    stale_ms: Some(1500),
+                    instances: vec![],
+                    more: false,
+                },
+            )),
+            Shown::S(ServerFrame::new(
+                2,
+                Response::Throttled {
+                    retry_after_ms: 250,
+                },
+            )),
+            Shown::C(ClientFrame::new(1, hello(1))),
+            Shown::S(ServerFrame::new(
+                1,
+                Response::Error {
+                    kind: ErrorKind::UnsupportedVersion,
+                    message: "protocol version 1 is not spoken here; this server speaks \
+                              version 2"
+                        .into(),
+                },
+            )),
+        ]);
+        shown
+    }
+}
+
+/// The text of `docs/PROTOCOL.md` from the heading that starts with `from` to the next
+/// heading of the same level.
+fn document_section(from: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let text = std::fs::read_to_string(path).expect("docs/PROTOCOL.md is readable");
+    let start = text
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} in the document"));
+    let rest = &text[start + from.len()..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+/// The ```text blocks of a piece of Markdown, each as its lines.
+fn text_blocks(markdown: &str) -> Vec<Vec<&str>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```text") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => block.push(line),
+            (None, _) => {}
+        }
+    }
+    assert!(current.is_none(), "a text block is not closed");
+    blocks
+}
+
+/// The bytes at the start of an annotated line: hex pairs separated by single spaces, up
+/// to two spaces or the end of the line; a line that starts with anything else is a
+/// comment. A line that starts like bytes and then is not is a mistake of the document.
+fn line_bytes(line: &str) -> Vec<u8> {
+    let line = line.trim_start();
+    let hex = line.split("  ").next().unwrap_or("");
+    let is_pair = |t: &str| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit());
+    let tokens: Vec<&str> = hex.split(' ').collect();
+    if !is_pair(tokens[0]) {
+        return Vec::new();
+    }
+    tokens
+        .iter()
+        .map(|t| {
+            assert!(is_pair(t), "{t:?} in the bytes of {line:?}");
+            u8::from_str_radix(t, 16).expect("hex")
+        })
+        .collect()
+}
+
+/// Cuts a stream of whole frames at their length prefixes.
+fn frames_of(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        assert!(rest.len() >= 4, "a length prefix cut short: {rest:02x?}");
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        assert!(
+            rest.len() >= 4 + len,
+            "a frame of {len} bytes with {} shown",
+            rest.len() - 4
+        );
+        frames.push(rest[..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    frames
+}
+
+/// Every byte the document shows in § 8 is what the encoder writes: the exchange line by
+/// line, and each frame taken apart byte by byte, in order.
+#[test]
+fn the_document_shows_what_the_encoder_writes() {
+    let section = document_section("## 8. ");
+    let blocks = text_blocks(&section);
+    let (exchange, annotated) = blocks.split_first().expect("§ 8 has text blocks");
+
+    // The exchange: `C→S` or `S→C`, then hex pairs; a line that starts with spaces goes on
+    // with the frame above it.
+    let mut shown: Vec<(bool, Vec<u8>)> = Vec::new();
+    for line in exchange {
+        let (client, hex) = if let Some(hex) = line.strip_prefix("C→S") {
+            (Some(true), hex)
+        } else if let Some(hex) = line.strip_prefix("S→C") {
+            (Some(false), hex)
+        } else {
+            (None, *line)
+        };
+        let pairs: Vec<u8> = hex
+            .split_whitespace()
+            .map(|t| u8::from_str_radix(t, 16).unwrap_or_else(|_| panic!("{t:?} in {line:?}")))
+            .collect();
+        match (client, shown.last_mut()) {
+            (Some(client), _) => shown.push((client, pairs)),
+            (None, Some((_, frame))) => frame.extend(pairs),
+            (None, None) => panic!("the exchange starts with {line:?}"),
+        }
+    }
+    let expected = doc::exchange();
+    assert_eq!(shown.len(), expected.len(), "frames in the exchange");
+    for (i, ((client, bytes), frame)) in shown.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            *client,
+            matches!(frame, Shown::C(_)),
+            "direction of frame {i}"
+        );
+        assert_eq!(bytes, &frame.wire(), "frame {i} of the exchange: {frame:?}");
+    }
+
+    // The frames taken apart: every block is whole frames, length first.
+    let stream: Vec<u8> = annotated
+        .iter()
+        .flat_map(|block| block.iter().flat_map(|line| line_bytes(line)))
+        .collect();
+    let shown = frames_of(&stream);
+    let expected = doc::annotated();
+    for (i, (bytes, frame)) in shown.iter().zip(&expected).enumerate() {
+        assert_eq!(bytes, &frame.wire(), "annotated frame {i}: {frame:?}");
+    }
+    assert_eq!(shown.len(), expected.len(), "annotated frames");
 }
