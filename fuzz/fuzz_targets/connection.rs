@@ -102,7 +102,7 @@ async fn serve(setup: Setup, input: &[u8]) {
             .await
             .expect("the connection ends within a few virtual minutes");
 
-    check_answers(&config, &answers, setup.shut_down);
+    check_answers(&context.config, &answers, setup.shut_down);
     check_registry(&registry, kept, localhost).await;
 }
 
@@ -110,7 +110,7 @@ async fn serve(setup: Setup, input: &[u8]) {
 /// follows an error that closes the connection, and a `ShuttingDown` goodbye comes only
 /// if shutdown began.
 fn check_answers(config: &ServerConfig, answers: &[u8], shut_down: bool) {
-    let mut codec = ClientCodec::new(config.max_frame_bytes);
+    let mut codec = ClientCodec::new(config.max_frame_bytes());
     let mut buf = BytesMut::from(answers);
     let mut closing = false;
     loop {
