@@ -5,7 +5,7 @@ mod common;
 
 use common::{client_frame, entry, instance, remove_reason, server_frame};
 use discovery_proto::encoding;
-use discovery_proto::{ClientFrame, EntryRef, Instance, Response, Revision, ServerFrame};
+use discovery_proto::{ClientFrame, EntryRef, Instance, Request, Response, Revision, ServerFrame};
 use proptest::prelude::*;
 
 proptest! {
@@ -66,6 +66,32 @@ proptest! {
         let mut compact = Vec::new();
         encoding::encode_value_into(&entry, &mut compact)?;
         prop_assert_eq!(compact, expected);
+    }
+
+    /// A revision's text form (`incarnation-seq`, the incarnation in 16 hex digits) reads
+    /// back as the same revision.
+    #[test]
+    fn revisions_read_back_from_their_text(revision in common::revision()) {
+        let text = revision.to_string();
+        let (incarnation, seq) = text.split_once('-').expect("a dash");
+        prop_assert_eq!(incarnation.len(), 16);
+        prop_assert_eq!(seq, revision.seq.to_string());
+        prop_assert_eq!(text.parse::<Revision>(), Ok(revision));
+    }
+
+    /// `Request::min_revision` is the field of that name, never `since`, and none for the
+    /// requests that have no such field.
+    #[test]
+    fn min_revision_is_the_requests_field(request in common::request()) {
+        let expected = match &request {
+            Request::Heartbeat { min_revision, .. }
+            | Request::Deregister { min_revision, .. }
+            | Request::Query { min_revision, .. }
+            | Request::Watch { min_revision, .. }
+            | Request::Update { min_revision, .. } => *min_revision,
+            _ => None,
+        };
+        prop_assert_eq!(request.min_revision(), expected);
     }
 
     /// `encode_into` appends to what the writer already holds and says how much it wrote.
@@ -138,6 +164,30 @@ proptest! {
     }
 }
 
+/// Texts that are not revisions are refused, with the form a revision has.
+#[test]
+fn texts_that_are_not_revisions() {
+    for text in [
+        "",
+        "42",
+        "00c0ffee00c0ffee",
+        "xyz-1",
+        "00c0ffee00c0ffee-",
+        "1-2-3",
+        "10000000000000000-1",
+    ] {
+        let refused = text.parse::<Revision>().expect_err(text);
+        assert!(refused.contains("INCARNATION-SEQ"), "{text}: {refused}");
+    }
+    assert_eq!(
+        "00c0ffee00c0ffee-42".parse::<Revision>(),
+        Ok(Revision {
+            incarnation: 0x00c0_ffee_00c0_ffee,
+            seq: 42
+        })
+    );
+}
+
 /// The decoder's memory limit counts what decoded values take in memory, which can be
 /// several times their size on the wire: frames as large as the protocol allows, filled
 /// with the smallest possible items, must still decode.
@@ -145,7 +195,7 @@ proptest! {
 fn largest_frames_of_smallest_items_decode() {
     use std::net::Ipv4Addr;
 
-    use discovery_proto::{Entry, MAX_FRAME_BYTES, Metadata, Request, TypeCount};
+    use discovery_proto::{Entry, MAX_FRAME_BYTES, Metadata, TypeCount};
 
     // A register whose metadata is as many short pairs as fit in one frame.
     let mut metadata = Metadata::new();
