@@ -153,6 +153,9 @@ impl DiscoveryClient {
             ip,
             port,
             metadata: Metadata::new(),
+            // The server's TTL, as in version 1: the keep-alive run paces its heartbeats by
+            // the one `Welcome` announces.
+            ttl: None,
         });
     }
 }
@@ -199,10 +202,16 @@ impl Backend for DiscoveryClient {
                 let (t, ip, port) = self.plan.pool(self.conn, slot);
                 self.register(t, ip, port);
             }
-            Op::Heartbeat(i) => self.send(Request::Heartbeat { id: handles[i] }),
+            Op::Heartbeat(i) => self.send(Request::Heartbeat {
+                id: handles[i],
+                min_revision: None,
+            }),
             Op::Query(t) => {
                 let service_type = self.plan.types[t].clone();
-                self.send(Request::Query { service_type });
+                self.send(Request::Query {
+                    service_type,
+                    min_revision: None,
+                });
             }
         }
     }
@@ -220,19 +229,25 @@ impl Backend for DiscoveryClient {
         loop {
             let frame = self.next_frame(expected).await?;
             let answer = match (op, frame.response) {
-                (Op::Query(_), Response::Instances { instances, more }) => {
+                // Compact frames: the type once, then entries; counted as before.
+                (
+                    Op::Query(_),
+                    Response::Instances {
+                        instances, more, ..
+                    },
+                ) => {
                     items += instances.len();
                     if more {
                         continue;
                     }
                     OpOutcome::Done { items }
                 }
-                (Op::Seed(_), Response::Registered { id }) => OpOutcome::Seeded(id),
+                (Op::Seed(_), Response::Registered { id, .. }) => OpOutcome::Seeded(id),
                 (Op::Register(_), Response::Registered { .. }) => OpOutcome::Done { items: 0 },
                 (Op::Heartbeat(_), Response::Ok) => OpOutcome::Done { items: 0 },
-                (Op::Heartbeat(i), Response::NotFound) => {
-                    OpOutcome::Failed(format!("heartbeat of seed instance {i} answered NotFound"))
-                }
+                (Op::Heartbeat(i), Response::NotFound { reason }) => OpOutcome::Failed(format!(
+                    "heartbeat of seed instance {i} answered NotFound ({reason:?})"
+                )),
                 (_, Response::Error { kind, message }) => {
                     OpOutcome::Failed(format!("{kind:?}: {message}"))
                 }

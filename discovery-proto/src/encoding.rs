@@ -162,9 +162,10 @@ pub fn split_list<T: Serialize>(
 }
 
 /// Room for the item count of a frame: a varint of at most 3 bytes (`fb` and a u16), since
-/// a frame holds at most 64 KiB and no item encodes to fewer than 3 bytes (a `TypeCount`
-/// of a one-byte type; an entry takes at least 25); [`ListWriter::push`] also closes a
-/// frame at 65,535 items.
+/// a frame holds at most 64 KiB and no item of a real answer encodes to fewer than 2 bytes
+/// (a `TypeCount` of an empty type; an entry takes at least 25), so that a count stays
+/// below 65,536; [`ListWriter::push`] also closes a frame at 65,535 items, for any smaller
+/// item.
 const COUNT_ROOM: usize = 3;
 
 /// Writes a list answer (a query's instances, a watch's snapshot, the types) as whole
@@ -194,7 +195,7 @@ const COUNT_ROOM: usize = 3;
 #[derive(Debug)]
 pub struct ListWriter<'a> {
     out: &'a mut Vec<u8>,
-    /// The payload of every frame up to its instance count.
+    /// The payload of every frame up to its item count.
     prefix: Vec<u8>,
     max: usize,
     /// Where the current frame's length prefix is in `out`.
@@ -231,6 +232,10 @@ impl<'a> ListWriter<'a> {
 
     /// Appends one item of the envelope's list (for instances, anything that encodes as an
     /// [`Entry`] does).
+    ///
+    /// The item's type is not checked against the envelope's: whatever `instance` encodes
+    /// to is written as one item, so the caller must push what the list holds (an
+    /// [`EntryRef`](crate::EntryRef), not an instance with its type, into `Instances`).
     ///
     /// Fails with [`Error::FrameTooLarge`], writing nothing, when the item would not fit in
     /// a frame alone; the answer can go on without it.

@@ -145,9 +145,9 @@ proptest! {
 #[test]
 fn bad_payloads_are_item_errors_with_the_request_id() {
     let mut codec = ServerCodec::default();
-    // An empty payload, an unknown request (variant 9) and a frame with trailing bytes.
+    // An empty payload, an unknown request (variant 10) and a frame with trailing bytes.
     let mut buf = BytesMut::from(&framed(&[])[..]);
-    buf.extend(framed(&[42, 9]));
+    buf.extend(framed(&[42, 10]));
     buf.extend(framed(&[43, 5, 0xff]));
     buf.extend(framed(&[44, 5]));
     match decode_one(&mut codec, &mut buf) {
@@ -248,12 +248,14 @@ fn a_limit_over_the_protocol_maximum_is_capped() {
 
 /// A query whose payload is exactly `len` bytes.
 fn query_of_len(len: usize) -> ClientFrame {
-    // id 1 (1 byte), Query (1), the string's length (3 bytes from 251 on), the string.
-    let text = len - 2 - if len - 3 < 251 { 1 } else { 3 };
+    // id 1 (1 byte), Query (1), the string's length (3 bytes from 251 on), the string,
+    // no `min_revision` (1).
+    let text = len - 3 - if len - 4 < 251 { 1 } else { 3 };
     let frame = ClientFrame::new(
         1,
         Request::Query {
             service_type: "x".repeat(text),
+            min_revision: None,
         },
     );
     assert_eq!(encoding::encoded_len(&frame), len);
@@ -285,6 +287,7 @@ fn encoder_refuses_frames_over_its_limit_and_leaves_the_buffer_alone() {
             ip: [127, 0, 0, 1].into(),
             port: 1,
             metadata: Metadata::from([("k".into(), "v".repeat(MAX_FRAME_BYTES))]),
+            ttl: None,
         },
     );
     assert!(matches!(
@@ -317,6 +320,7 @@ fn end_of_stream_mid_frame_is_an_error() {
         1,
         Request::Query {
             service_type: "billing".into(),
+            min_revision: None,
         },
     ));
     for cut in 1..wire.len() {

@@ -146,10 +146,10 @@ fn expect_malformed<F: Frame + std::fmt::Debug>(payload: &[u8], request_id: Opti
 
 #[test]
 fn unknown_request_variant() {
-    // Request id 7, then variant 8: Request has variants 0 to 7.
-    expect_malformed::<ClientFrame>(&[7, 8], Some(7));
-    // Request id 300 (251 = u16 follows), variant 8.
-    expect_malformed::<ClientFrame>(&[251, 0x2c, 0x01, 8], Some(300));
+    // Request id 7, then variant 10: Request has variants 0 to 9.
+    expect_malformed::<ClientFrame>(&[7, 10], Some(7));
+    // Request id 300 (251 = u16 follows), variant 10.
+    expect_malformed::<ClientFrame>(&[251, 0x2c, 0x01, 10], Some(300));
     // A variant index as large as a varint goes.
     expect_malformed::<ClientFrame>(
         &[1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
@@ -159,20 +159,125 @@ fn unknown_request_variant() {
 
 #[test]
 fn unknown_response_variant() {
-    // Response has variants 0 to 10.
-    expect_malformed::<ServerFrame>(&[9, 11], Some(9));
+    // Response has variants 0 to 14.
+    expect_malformed::<ServerFrame>(&[9, 15], Some(9));
+    expect_malformed::<ServerFrame>(&[9, 251, 0x00, 0x01], Some(9));
 }
 
 #[test]
 fn unknown_error_kind() {
-    // Response::Error (6) with kind 15: ErrorKind has kinds 0 to 14.
-    expect_malformed::<ServerFrame>(&[1, 6, 15, 0], Some(1));
+    // Response::Error (6) with kind 21: ErrorKind has kinds 0 to 20.
+    expect_malformed::<ServerFrame>(&[1, 6, 21, 0], Some(1));
+}
+
+#[test]
+fn unknown_remove_reason() {
+    // NotFound (3) with a reason of variant 3: RemoveReason has 0 to 2.
+    expect_malformed::<ServerFrame>(&[1, 3, 1, 3], Some(1));
+    // NotFound with no option byte at all, as version 1 sent it.
+    expect_malformed::<ServerFrame>(&[1, 3], Some(1));
 }
 
 #[test]
 fn unknown_ip_version() {
     // Register { service_type: "a", ip: variant 2 ... }: IpAddr has V4 (0) and V6 (1).
-    expect_malformed::<ClientFrame>(&[1, 1, 1, b'a', 2, 127, 0, 0, 1, 80, 0], Some(1));
+    expect_malformed::<ClientFrame>(&[1, 1, 1, b'a', 2, 127, 0, 0, 1, 80, 0, 0], Some(1));
+    // The same bytes with V4 decode: it was the variant.
+    assert!(encoding::decode::<ClientFrame>(&[1, 1, 1, b'a', 0, 127, 0, 0, 1, 80, 0, 0]).is_ok());
+}
+
+/// An option is `00` (none) or `01` and the value; any other tag is an error, whichever
+/// option it is.
+#[test]
+fn option_tags_other_than_0_and_1() {
+    // Query "a" with a `min_revision` tag of 2.
+    expect_malformed::<ClientFrame>(&[1, 4, 1, b'a', 2, 0, 0], Some(1));
+    // Register "a" 127.0.0.1:80 {} with a `ttl` tag of 2.
+    expect_malformed::<ClientFrame>(&[1, 1, 1, b'a', 0, 127, 0, 0, 1, 80, 0, 2, 5, 0], Some(1));
+    // Instances "a" with a `stale_ms` tag of 2.
+    expect_malformed::<ServerFrame>(&[1, 4, 1, b'a', 2, 0, 0, 0], Some(1));
+    // With a tag of 1 (and a value) or 0 instead, the same bytes decode: it was the tag.
+    assert!(encoding::decode::<ClientFrame>(&[1, 4, 1, b'a', 1, 0, 0]).is_ok());
+    assert!(
+        encoding::decode::<ClientFrame>(&[1, 1, 1, b'a', 0, 127, 0, 0, 1, 80, 0, 1, 5, 0]).is_ok()
+    );
+    assert!(encoding::decode::<ServerFrame>(&[1, 4, 1, b'a', 1, 0, 0, 0]).is_ok());
+}
+
+/// A duration whose seconds and nanoseconds together overflow is an error, not a panic.
+/// (Nanoseconds of a second or more that do not overflow are carried into the seconds:
+/// `docs/PROTOCOL.md` tells senders to keep them below 1,000,000,000.)
+#[test]
+fn durations_that_overflow() {
+    use discovery_proto::Request;
+    // Register "a" 127.0.0.1:80 {} ttl { secs: u64::MAX, nanos: 1,000,000,000 }.
+    let mut register = vec![1, 1, 1, b'a', 0, 127, 0, 0, 1, 80, 0, 1, 253];
+    register.extend(u64::MAX.to_le_bytes());
+    register.push(252);
+    register.extend(1_000_000_000u32.to_le_bytes());
+    expect_malformed::<ClientFrame>(&register, Some(1));
+    // The same with 1 s in nanoseconds and 4 s: read as 5 s.
+    let mut carried = vec![1, 1, 1, b'a', 0, 127, 0, 0, 1, 80, 0, 1, 4, 252];
+    carried.extend(1_000_000_000u32.to_le_bytes());
+    let frame: ClientFrame = encoding::decode(&carried).expect("decodes");
+    let Request::Register { ttl, .. } = frame.request else {
+        panic!("not a register: {frame:?}");
+    };
+    assert_eq!(ttl, Some(std::time::Duration::from_secs(5)));
+}
+
+/// Frames of version 1 whose layout changed do not decode as version 2, so that a peer
+/// of the other version is never misread: it gets `MalformedFrame` (after a `Hello`, which
+/// did not change and is refused by version). The bytes are those of version 1's
+/// document.
+#[test]
+fn version_1_frames_that_changed_do_not_decode() {
+    let v1 = |spec: &[u8]| spec.to_vec();
+    let id = [
+        0x10, 0x35, 0x41, 0xfb, 0x90, 0x3f, 0x71, 0x4c, 0x61, 0xac, 0xc5, 0x57, 0xf2, 0x33, 0x23,
+        0xc3, 0xee,
+    ];
+    // Register (no ttl), Heartbeat and Deregister (no min_revision), Query, Watch.
+    let mut register = v1(&[2, 1, 7]);
+    register.extend(b"billing");
+    register.extend([0, 10, 0, 0, 5, 0xfb, 0x90, 0x1f, 1, 4]);
+    register.extend(b"zone");
+    register.push(4);
+    register.extend(b"eu-1");
+    expect_malformed::<ClientFrame>(&register, Some(2));
+    for variant in [2, 3] {
+        let mut heartbeat = v1(&[3, variant]);
+        heartbeat.extend(id);
+        expect_malformed::<ClientFrame>(&heartbeat, Some(3));
+    }
+    let mut query = v1(&[4, 4, 7]);
+    query.extend(b"billing");
+    expect_malformed::<ClientFrame>(&query, Some(4));
+    let mut watch = v1(&[5, 6, 7]);
+    watch.extend(b"billing");
+    watch.push(0);
+    expect_malformed::<ClientFrame>(&watch, Some(5));
+
+    // Welcome (7 limits, no TTL bounds), Registered (the id alone), NotFound, Instances.
+    let welcome = [
+        1, 0, 1, 5, 0, 0xfc, 0, 0, 1, 0, 0xfc, 0x40, 0x42, 0x0f, 0, 0xfc, 0xa0, 0x86, 1, 0, 0xfb,
+        0xff, 0, 0x40, 0x80, 0xfb, 0, 2,
+    ];
+    expect_malformed::<ServerFrame>(&welcome, Some(1));
+    let mut registered = v1(&[2, 1]);
+    registered.extend(id);
+    expect_malformed::<ServerFrame>(&registered, Some(2));
+    expect_malformed::<ServerFrame>(&[3, 3], Some(3));
+    let mut instances = v1(&[4, 4, 1]);
+    instances.extend(id);
+    instances.push(7);
+    instances.extend(b"billing");
+    instances.extend([0, 10, 0, 0, 5, 0xfb, 0x90, 0x1f, 1, 4]);
+    instances.extend(b"zone");
+    instances.push(4);
+    instances.extend(b"eu-1");
+    instances.extend([0xfd, 0x8e, 0x78, 0x15, 0x54, 0x44, 0x03, 0, 0, 0]);
+    expect_malformed::<ServerFrame>(&instances, Some(4));
 }
 
 #[test]
@@ -185,8 +290,10 @@ fn empty_payload() {
 fn invalid_values_inside_known_variants() {
     // Query with a service type that is not UTF-8.
     expect_malformed::<ClientFrame>(&[1, 4, 2, 0xc3, 0x28], Some(1));
-    // Instances { instances: [], more: 2 }: a bool is 0 or 1.
-    expect_malformed::<ServerFrame>(&[1, 4, 0, 2], Some(1));
+    // Instances { "", no stale_ms, instances: [], more: 2 }: a bool is 0 or 1.
+    expect_malformed::<ServerFrame>(&[1, 4, 0, 0, 0, 2], Some(1));
+    // Snapshot { revision 1-2, reset: 2, ... }.
+    expect_malformed::<ServerFrame>(&[1, 7, 1, 2, 2, 0, 0], Some(1));
     // Heartbeat with a 15-byte id: a uuid is 16 bytes.
     let mut heartbeat = vec![1, 2, 15];
     heartbeat.extend([0xab; 15]);
@@ -235,10 +342,19 @@ fn lying_lengths_do_not_allocate() {
     let mut register = vec![1, 1, 1, b'a', 0, 127, 0, 0, 1, 80];
     register.extend(huge);
     expect_malformed::<ClientFrame>(&register, Some(1));
-    // Instances with 2^63 instances.
-    let mut instances = vec![1, 4];
+    // Instances of type "a" with 2^63 instances.
+    let mut instances = vec![1, 4, 1, b'a', 0];
     instances.extend(huge);
     expect_malformed::<ServerFrame>(&instances, Some(1));
+    // Types with 2^63 types.
+    let mut types = vec![1, 11];
+    types.extend(huge);
+    expect_malformed::<ServerFrame>(&types, Some(1));
+    // Update of an id with 2^63 metadata pairs.
+    let mut update = vec![1, 9, 16];
+    update.extend([0xab; 16]);
+    update.extend(huge);
+    expect_malformed::<ClientFrame>(&update, Some(1));
 }
 
 /// A last-heartbeat time chrono cannot represent is an error, not a panic.
@@ -246,13 +362,21 @@ fn lying_lengths_do_not_allocate() {
 fn timestamp_out_of_range() {
     let id = [0x10; 17];
     for millis in [i64::MAX, i64::MIN] {
-        // Instances { [ Instance { id, "a", V4 127.0.0.1, port 80, {}, millis } ], false }
-        let mut payload = vec![1, 4, 1];
+        // Instances { "a", None, [ Entry { id, V4 127.0.0.1, port 80, {}, millis } ], false }
+        let mut payload = vec![1, 4, 1, b'a', 0, 1];
         payload.extend(id);
-        payload.extend([1, b'a', 0, 127, 0, 0, 1, 80, 0, 253]);
+        payload.extend([0, 127, 0, 0, 1, 80, 0, 253]);
         let zigzag = ((millis << 1) ^ (millis >> 63)) as u64;
         payload.extend(zigzag.to_le_bytes());
         payload.push(0);
         expect_malformed::<ServerFrame>(&payload, Some(1));
+        // The same frame with a time in range decodes: it was the time.
+        let mut fine = payload.clone();
+        let at = fine.len() - 9;
+        fine[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(
+            encoding::decode::<ServerFrame>(&fine).is_ok(),
+            "{fine:02x?}"
+        );
     }
 }

@@ -75,6 +75,7 @@ fn main() -> std::io::Result<()> {
         Request::Watch {
             service_type: "kept".into(),
             since: None,
+            min_revision: None,
         },
     ));
     for port in 1..=10 {
@@ -85,9 +86,20 @@ fn main() -> std::io::Result<()> {
                 ip: [10, 0, 0, 1].into(),
                 port,
                 metadata: Default::default(),
+                ttl: None,
             },
         ));
     }
+    // An update of an instance the watch sees, by the id the server gave: unknown to the
+    // seed, so a fixed one (answered NotFound) stands in, and the fuzzer mutates it.
+    watched.extend(client_frame(
+        19,
+        Request::Update {
+            id: uuid::Uuid::from_bytes([7; 16]),
+            metadata: Default::default(),
+            min_revision: None,
+        },
+    ));
     watched.extend(client_frame(20, Request::Unwatch { watch: 2 }));
     connection.push(watched);
     write(&root.join("connection"), &connection)?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use discovery_proto::{
     ClientFrame, ErrorKind, Instance, Limits, PROTOCOL_VERSION, RemoveReason, Request, Response,
-    Revision, ServerFrame, encoding,
+    Revision, ServerFrame, TypeCount, encoding,
 };
 
 /// The service type of the instance the `connection` target registers before the stream.
@@ -109,57 +109,101 @@ fn localhost() -> IpAddr {
 /// One or more of every request, with plausible and edge-case fields.
 pub fn sample_requests() -> Vec<Request> {
     let id = uuid_of(7);
+    let revision = Revision {
+        incarnation: 1,
+        seq: 2,
+    };
     vec![
         hello(),
         Request::Hello {
             protocol_version: PROTOCOL_VERSION + 1,
             client_name: String::new(),
         },
+        // The version before, which a server refuses by name.
+        Request::Hello {
+            protocol_version: PROTOCOL_VERSION - 1,
+            client_name: "v1".into(),
+        },
         Request::Register {
             service_type: "billing".into(),
             ip: localhost(),
             port: 8080,
             metadata: metadata(),
+            ttl: None,
         },
         Request::Register {
             service_type: KEPT_TYPE.into(),
             ip: localhost(),
             port: KEPT_PORT,
             metadata: BTreeMap::new(),
+            ttl: None,
         },
+        // A TTL of its own, within the default bounds, and one below them.
         Request::Register {
             service_type: "v6".into(),
             ip: "::1".parse().expect("an ipv6 address"),
             port: 1,
             metadata: BTreeMap::new(),
+            ttl: Some(Duration::from_secs(30)),
+        },
+        Request::Register {
+            service_type: "short".into(),
+            ip: localhost(),
+            port: 2,
+            metadata: BTreeMap::new(),
+            ttl: Some(Duration::from_millis(1)),
         },
         Request::Register {
             service_type: String::new(),
             ip: IpAddr::from([0, 0, 0, 0]),
             port: 0,
             metadata: BTreeMap::from([(String::new(), String::new())]),
+            ttl: Some(Duration::new(u64::MAX, 999_999_999)),
         },
-        Request::Heartbeat { id },
-        Request::Deregister { id },
+        Request::Heartbeat {
+            id,
+            min_revision: None,
+        },
+        // A revision of another incarnation than the server's: answered at once.
+        Request::Heartbeat {
+            id,
+            min_revision: Some(revision),
+        },
+        Request::Deregister {
+            id,
+            min_revision: None,
+        },
         Request::Query {
             service_type: "billing".into(),
+            min_revision: None,
         },
         Request::Query {
             service_type: KEPT_TYPE.into(),
+            min_revision: Some(revision),
         },
         Request::Ping,
         Request::Watch {
             service_type: "billing".into(),
             since: None,
+            min_revision: None,
         },
         Request::Watch {
             service_type: KEPT_TYPE.into(),
-            since: Some(Revision {
-                incarnation: 1,
-                seq: 2,
-            }),
+            since: Some(revision),
+            min_revision: Some(revision),
         },
         Request::Unwatch { watch: 12 },
+        Request::ListTypes,
+        Request::Update {
+            id,
+            metadata: metadata(),
+            min_revision: None,
+        },
+        Request::Update {
+            id,
+            metadata: BTreeMap::new(),
+            min_revision: Some(revision),
+        },
     ]
 }
 
@@ -173,6 +217,7 @@ pub fn sample_responses() -> Vec<Response> {
         metadata: metadata(),
         last_heartbeat: chrono_epoch_plus(1_700_000_000_000),
     };
+    let entry = instance.clone().into_entry();
     let revision = Revision {
         incarnation: 0xc0ff_ee00,
         seq: 42,
@@ -181,6 +226,10 @@ pub fn sample_responses() -> Vec<Response> {
         Response::Welcome {
             protocol_version: PROTOCOL_VERSION,
             ttl: Duration::from_secs(5),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(10),
             limits: Limits {
                 max_frame_bytes: 65536,
                 max_instances: 1_000_000,
@@ -189,24 +238,53 @@ pub fn sample_responses() -> Vec<Response> {
                 max_metadata_pairs: 64,
                 max_metadata_key_bytes: 128,
                 max_metadata_value_bytes: 512,
+                max_connections: 10_000,
+                max_watches_per_connection: 64,
+                max_connections_per_peer: Some(16),
+                max_watched_types: Some(1_000),
+                max_watch_bytes: None,
+                max_answer_buffer_bytes: Some(1 << 20),
+                max_registry_bytes: None,
+                write_timeout: Some(Duration::from_secs(10)),
+                register_rate: Some(100),
+                register_burst: None,
             },
         },
-        Response::Registered { id: uuid_of(3) },
+        Response::Registered {
+            id: uuid_of(3),
+            ttl: Duration::from_secs(5),
+            revision,
+        },
         Response::Ok,
-        Response::NotFound,
+        Response::NotFound { reason: None },
+        Response::NotFound {
+            reason: Some(RemoveReason::Replaced),
+        },
         Response::Instances {
-            instances: vec![instance.clone()],
+            service_type: "billing".into(),
+            stale_ms: None,
+            instances: vec![entry.clone()],
             more: false,
+        },
+        Response::Instances {
+            service_type: "billing".into(),
+            stale_ms: Some(1500),
+            instances: vec![],
+            more: true,
         },
         Response::Pong,
         Response::Error {
             kind: ErrorKind::MalformedFrame,
             message: "malformed frame".into(),
         },
+        Response::Error {
+            kind: ErrorKind::PeerConnectionLimit,
+            message: String::new(),
+        },
         Response::Snapshot {
             revision,
             reset: true,
-            instances: vec![instance.clone()],
+            instances: vec![entry],
             more: true,
         },
         Response::Resumed { revision },
@@ -216,8 +294,20 @@ pub fn sample_responses() -> Vec<Response> {
         },
         Response::Removed {
             revision,
-            instance,
+            instance: instance.clone(),
             reason: RemoveReason::Expired,
+        },
+        Response::Types {
+            types: vec![TypeCount {
+                service_type: "billing".into(),
+                instances: 3,
+            }],
+            more: false,
+        },
+        Response::Updated { revision, instance },
+        Response::Done { revision },
+        Response::Throttled {
+            retry_after_ms: 250,
         },
     ]
 }

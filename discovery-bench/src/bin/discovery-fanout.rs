@@ -117,6 +117,7 @@ async fn watcher(
         let watch = Request::Watch {
             service_type: SERVICE_TYPE.into(),
             since: None,
+            min_revision: None,
         };
         conn.send(2, watch).await?;
         loop {
@@ -196,6 +197,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             ip,
             port,
             metadata: Default::default(),
+            ttl: None,
         };
         let request_id = round as u64 + 2;
         let started = Instant::now();

@@ -156,7 +156,11 @@ impl Writer {
                 for _ in 0..count {
                     let id = self.next_id;
                     self.next_id += 1;
-                    let frame = ClientFrame::new(id, Request::Heartbeat { id: ids[cursor] });
+                    let heartbeat = Request::Heartbeat {
+                        id: ids[cursor],
+                        min_revision: None,
+                    };
+                    let frame = ClientFrame::new(id, heartbeat);
                     if let Err(e) = self.codec.encode(frame, &mut self.buf) {
                         tally.failure = Some(format!("cannot encode a heartbeat: {e}"));
                         break 'run;
@@ -268,11 +272,11 @@ async fn read_answers(
                     tally.measured += 1;
                 }
             }
-            Response::NotFound => {
+            Response::NotFound { reason } => {
                 tally.not_found += 1;
                 progress.not_found.fetch_add(1, Ordering::Relaxed);
                 tally.first_error.get_or_insert_with(|| {
-                    format!("the heartbeat of instance {instance} answered NotFound")
+                    format!("the heartbeat of instance {instance} answered NotFound ({reason:?})")
                 });
             }
             Response::Error { kind, message } => {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use discovery_proto::{
-    ClientFrame, ErrorKind, Instance, Limits, Metadata, RemoveReason, Request, RequestId, Response,
-    Revision, ServerFrame,
+    ClientFrame, Entry, ErrorKind, Instance, Limits, Metadata, RemoveReason, Request, RequestId,
+    Response, Revision, ServerFrame, TypeCount,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 /// Every error kind, in variant order. `error_kind_index` fails to compile when a kind is
 /// added, which is the cue to add it here too.
-pub const ERROR_KINDS: [ErrorKind; 15] = [
+pub const ERROR_KINDS: [ErrorKind; 21] = [
     ErrorKind::UnsupportedVersion,
     ErrorKind::HelloRequired,
     ErrorKind::UnexpectedHello,
@@ -33,6 +33,12 @@ pub const ERROR_KINDS: [ErrorKind; 15] = [
     ErrorKind::Internal,
     ErrorKind::WatchLimit,
     ErrorKind::DuplicateWatch,
+    ErrorKind::InvalidTtl,
+    ErrorKind::Unavailable,
+    ErrorKind::WatchedTypeLimit,
+    ErrorKind::WatchBytesLimit,
+    ErrorKind::RegistryBytesLimit,
+    ErrorKind::PeerConnectionLimit,
 ];
 
 /// The variant index of an error kind on the wire (an exhaustive match, no wildcard).
@@ -53,6 +59,12 @@ pub fn error_kind_index(kind: ErrorKind) -> u8 {
         ErrorKind::Internal => 12,
         ErrorKind::WatchLimit => 13,
         ErrorKind::DuplicateWatch => 14,
+        ErrorKind::InvalidTtl => 15,
+        ErrorKind::Unavailable => 16,
+        ErrorKind::WatchedTypeLimit => 17,
+        ErrorKind::WatchBytesLimit => 18,
+        ErrorKind::RegistryBytesLimit => 19,
+        ErrorKind::PeerConnectionLimit => 20,
     }
 }
 
@@ -67,6 +79,8 @@ pub fn request_index(request: &Request) -> u8 {
         Request::Ping => 5,
         Request::Watch { .. } => 6,
         Request::Unwatch { .. } => 7,
+        Request::ListTypes => 8,
+        Request::Update { .. } => 9,
     }
 }
 
@@ -76,7 +90,7 @@ pub fn response_index(response: &Response) -> u8 {
         Response::Welcome { .. } => 0,
         Response::Registered { .. } => 1,
         Response::Ok => 2,
-        Response::NotFound => 3,
+        Response::NotFound { .. } => 3,
         Response::Instances { .. } => 4,
         Response::Pong => 5,
         Response::Error { .. } => 6,
@@ -84,6 +98,10 @@ pub fn response_index(response: &Response) -> u8 {
         Response::Resumed { .. } => 8,
         Response::Added { .. } => 9,
         Response::Removed { .. } => 10,
+        Response::Types { .. } => 11,
+        Response::Updated { .. } => 12,
+        Response::Done { .. } => 13,
+        Response::Throttled { .. } => 14,
     }
 }
 
@@ -138,38 +156,56 @@ pub fn timestamp() -> impl Strategy<Value = DateTime<Utc>> {
 }
 
 pub fn instance() -> impl Strategy<Value = Instance> {
-    (
-        uuid(),
-        text(20),
-        ip(),
-        any::<u16>(),
-        metadata(),
-        timestamp(),
-    )
-        .prop_map(
-            |(id, service_type, ip, port, metadata, last_heartbeat)| Instance {
-                id,
-                service_type,
-                ip,
-                port,
-                metadata,
-                last_heartbeat,
-            },
-        )
+    (text(20), entry()).prop_map(|(service_type, entry)| Instance::from_entry(service_type, entry))
 }
 
-pub fn limits() -> impl Strategy<Value = Limits> {
-    (
-        any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
+/// An instance without its type, as `Instances` and `Snapshot` carry it.
+pub fn entry() -> impl Strategy<Value = Entry> {
+    (uuid(), ip(), any::<u16>(), metadata(), timestamp()).prop_map(
+        |(id, ip, port, metadata, last_heartbeat)| Entry {
+            id,
+            ip,
+            port,
+            metadata,
+            last_heartbeat,
+        },
     )
-        .prop_map(
-            |(
+}
+
+pub fn type_count() -> impl Strategy<Value = TypeCount> {
+    (text(20), any::<u64>()).prop_map(|(service_type, instances)| TypeCount {
+        service_type,
+        instances,
+    })
+}
+
+/// Every field of `Limits`, each optional one `None` (off) a quarter of the time.
+pub fn limits() -> impl Strategy<Value = Limits> {
+    use proptest::option::of;
+    let always = (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u32>(),
+    );
+    let optional = (
+        of(any::<u32>()),
+        of(any::<u64>()),
+        of(any::<u64>()),
+        of(any::<u64>()),
+        of(any::<u64>()),
+        of(duration()),
+        of(any::<u32>()),
+        of(any::<u32>()),
+    );
+    (always, optional).prop_map(
+        |(
+            (
                 max_frame_bytes,
                 max_instances,
                 max_instances_per_type,
@@ -177,16 +213,39 @@ pub fn limits() -> impl Strategy<Value = Limits> {
                 max_metadata_pairs,
                 max_metadata_key_bytes,
                 max_metadata_value_bytes,
-            )| Limits {
-                max_frame_bytes,
-                max_instances,
-                max_instances_per_type,
-                max_type_bytes,
-                max_metadata_pairs,
-                max_metadata_key_bytes,
-                max_metadata_value_bytes,
-            },
-        )
+                max_connections,
+                max_watches_per_connection,
+            ),
+            (
+                max_connections_per_peer,
+                max_watched_types,
+                max_watch_bytes,
+                max_answer_buffer_bytes,
+                max_registry_bytes,
+                write_timeout,
+                register_rate,
+                register_burst,
+            ),
+        )| Limits {
+            max_frame_bytes,
+            max_instances,
+            max_instances_per_type,
+            max_type_bytes,
+            max_metadata_pairs,
+            max_metadata_key_bytes,
+            max_metadata_value_bytes,
+            max_connections,
+            max_watches_per_connection,
+            max_connections_per_peer,
+            max_watched_types,
+            max_watch_bytes,
+            max_answer_buffer_bytes,
+            max_registry_bytes,
+            write_timeout,
+            register_rate,
+            register_burst,
+        },
+    )
 }
 
 /// Any duration a `Duration` can hold (whole seconds up to u64::MAX, nanoseconds below 1 s).
@@ -198,64 +257,118 @@ pub fn error_kind() -> impl Strategy<Value = ErrorKind> {
     prop::sample::select(ERROR_KINDS.to_vec())
 }
 
+/// A `min_revision` (or a `since`): absent half the time.
+pub fn maybe_revision() -> impl Strategy<Value = Option<Revision>> {
+    proptest::option::of(revision())
+}
+
 pub fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<u16>(), text(20)).prop_map(|(protocol_version, client_name)| Request::Hello {
             protocol_version,
             client_name,
         }),
-        (text(20), ip(), any::<u16>(), metadata()).prop_map(
-            |(service_type, ip, port, metadata)| {
+        (
+            text(20),
+            ip(),
+            any::<u16>(),
+            metadata(),
+            proptest::option::of(duration())
+        )
+            .prop_map(|(service_type, ip, port, metadata, ttl)| {
                 Request::Register {
                     service_type,
                     ip,
                     port,
                     metadata,
+                    ttl,
                 }
-            }
-        ),
-        uuid().prop_map(|id| Request::Heartbeat { id }),
-        uuid().prop_map(|id| Request::Deregister { id }),
-        text(20).prop_map(|service_type| Request::Query { service_type }),
+            }),
+        (uuid(), maybe_revision())
+            .prop_map(|(id, min_revision)| Request::Heartbeat { id, min_revision }),
+        (uuid(), maybe_revision())
+            .prop_map(|(id, min_revision)| Request::Deregister { id, min_revision }),
+        (text(20), maybe_revision()).prop_map(|(service_type, min_revision)| Request::Query {
+            service_type,
+            min_revision
+        }),
         Just(Request::Ping),
-        (text(20), proptest::option::of(revision())).prop_map(|(service_type, since)| {
-            Request::Watch {
+        (text(20), maybe_revision(), maybe_revision()).prop_map(
+            |(service_type, since, min_revision)| Request::Watch {
                 service_type,
                 since,
+                min_revision,
+            }
+        ),
+        request_id().prop_map(|watch| Request::Unwatch { watch }),
+        Just(Request::ListTypes),
+        (uuid(), metadata(), maybe_revision()).prop_map(|(id, metadata, min_revision)| {
+            Request::Update {
+                id,
+                metadata,
+                min_revision,
             }
         }),
-        request_id().prop_map(|watch| Request::Unwatch { watch }),
     ]
 }
 
 pub fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        (any::<u16>(), duration(), limits()).prop_map(|(protocol_version, ttl, limits)| {
-            Response::Welcome {
-                protocol_version,
-                ttl,
-                limits,
-            }
-        }),
-        uuid().prop_map(|id| Response::Registered { id }),
-        Just(Response::Ok),
-        Just(Response::NotFound),
-        (vec(instance(), 0..4), any::<bool>())
-            .prop_map(|(instances, more)| Response::Instances { instances, more }),
-        Just(Response::Pong),
-        (error_kind(), text(40)).prop_map(|(kind, message)| Response::Error { kind, message }),
         (
-            revision(),
-            any::<bool>(),
-            vec(instance(), 0..4),
+            any::<u16>(),
+            (duration(), duration(), duration()),
+            (duration(), duration()),
+            limits()
+        )
+            .prop_map(
+                |(
+                    protocol_version,
+                    (ttl, min_ttl, max_ttl),
+                    (idle_timeout, frame_timeout),
+                    limits,
+                )| {
+                    Response::Welcome {
+                        protocol_version,
+                        ttl,
+                        min_ttl,
+                        max_ttl,
+                        idle_timeout,
+                        frame_timeout,
+                        limits,
+                    }
+                }
+            ),
+        (uuid(), duration(), revision()).prop_map(|(id, ttl, revision)| Response::Registered {
+            id,
+            ttl,
+            revision
+        }),
+        Just(Response::Ok),
+        proptest::option::of(remove_reason()).prop_map(|reason| Response::NotFound { reason }),
+        (
+            text(20),
+            proptest::option::of(any::<u64>()),
+            vec(entry(), 0..4),
             any::<bool>()
         )
-            .prop_map(|(revision, reset, instances, more)| Response::Snapshot {
+            .prop_map(
+                |(service_type, stale_ms, instances, more)| Response::Instances {
+                    service_type,
+                    stale_ms,
+                    instances,
+                    more,
+                }
+            ),
+        Just(Response::Pong),
+        (error_kind(), text(40)).prop_map(|(kind, message)| Response::Error { kind, message }),
+        (revision(), any::<bool>(), vec(entry(), 0..4), any::<bool>()).prop_map(
+            |(revision, reset, instances, more)| Response::Snapshot {
                 revision,
                 reset,
                 instances,
                 more,
-            }),
+            }
+        ),
         revision().prop_map(|revision| Response::Resumed { revision }),
         (revision(), instance())
             .prop_map(|(revision, instance)| Response::Added { revision, instance }),
@@ -266,6 +379,12 @@ pub fn response() -> impl Strategy<Value = Response> {
                 reason,
             }
         }),
+        (vec(type_count(), 0..6), any::<bool>())
+            .prop_map(|(types, more)| Response::Types { types, more }),
+        (revision(), instance())
+            .prop_map(|(revision, instance)| Response::Updated { revision, instance }),
+        revision().prop_map(|revision| Response::Done { revision }),
+        any::<u64>().prop_map(|retry_after_ms| Response::Throttled { retry_after_ms }),
     ]
 }
 
@@ -282,9 +401,21 @@ pub fn revision() -> impl Strategy<Value = Revision> {
 }
 
 pub fn remove_reason() -> impl Strategy<Value = RemoveReason> {
-    prop::sample::select(vec![
-        RemoveReason::Deregistered,
-        RemoveReason::Expired,
-        RemoveReason::Replaced,
-    ])
+    prop::sample::select(REMOVE_REASONS.to_vec())
+}
+
+/// Every remove reason, in variant order (see `remove_reason_index`).
+pub const REMOVE_REASONS: [RemoveReason; 3] = [
+    RemoveReason::Deregistered,
+    RemoveReason::Expired,
+    RemoveReason::Replaced,
+];
+
+/// The variant index of a remove reason on the wire (an exhaustive match, no wildcard).
+pub fn remove_reason_index(reason: RemoveReason) -> u8 {
+    match reason {
+        RemoveReason::Deregistered => 0,
+        RemoveReason::Expired => 1,
+        RemoveReason::Replaced => 2,
+    }
 }
