@@ -10,12 +10,18 @@ use bytes::BytesMut;
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use discovery_proto::codec::{ClientCodec, ServerCodec};
-use discovery_proto::{ClientFrame, Instance, Metadata, Request, Response, ServerFrame};
+use discovery_proto::{ClientFrame, Entry, Metadata, Request, Response, ServerFrame};
 use tokio_util::codec::{Decoder, Encoder};
 use uuid::Uuid;
 
 fn heartbeat() -> ClientFrame {
-    ClientFrame::new(42, Request::Heartbeat { id: Uuid::new_v4() })
+    ClientFrame::new(
+        42,
+        Request::Heartbeat {
+            id: Uuid::new_v4(),
+            min_revision: None,
+        },
+    )
 }
 
 fn metadata() -> Metadata {
@@ -38,6 +44,7 @@ fn register() -> ClientFrame {
             ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
             port: 8080,
             metadata: metadata(),
+            ttl: None,
         },
     )
 }
@@ -46,9 +53,8 @@ fn register() -> ClientFrame {
 fn instances() -> ServerFrame {
     let at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
     let instances = (0..100u8)
-        .map(|i| Instance {
+        .map(|i| Entry {
             id: Uuid::new_v4(),
-            service_type: "billing".into(),
             ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
             port: 8080,
             metadata: [("zone".to_owned(), "eu-west-1b".to_owned())].into(),
@@ -58,6 +64,8 @@ fn instances() -> ServerFrame {
     ServerFrame::new(
         44,
         Response::Instances {
+            service_type: "billing".into(),
+            stale_ms: None,
             instances,
             more: false,
         },
