@@ -176,10 +176,11 @@ proptest! {
     }
 
     /// `ListWriter` writes exactly the frames `split_list` returns, each with its length
-    /// prefix, one after the other.
+    /// prefix, one after the other. The smallest cap holds the widest `TypeCount` of the
+    /// strategy with its envelope, as in `types_split_within_the_cap`.
     #[test]
     fn the_writer_writes_the_split_frames(types in vec(type_count(), 0..200),
-                                          limit in 64usize..=2048) {
+                                          limit in 128usize..=2048) {
         let frames = encoding::split_list(5, types.clone(), limit, |types, more| {
             Response::Types { types, more }
         })?;
