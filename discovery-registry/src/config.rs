@@ -49,6 +49,23 @@ pub const DEFAULT_WATCH_HISTORY: usize = 1024;
 pub const DEFAULT_WATCH_QUEUE: usize = 1024;
 /// How long a type's change history outlives its last watcher, by default.
 pub const DEFAULT_WATCH_WINDOW: Duration = Duration::from_secs(60);
+/// The most bytes the instances and their metadata may take in memory, by default: 1 GiB,
+/// a million instances of about 1 KiB each.
+pub const DEFAULT_MAX_REGISTRY_BYTES: usize = 1 << 30;
+/// The most types with a watch feed at once (watched, or within their window), by default.
+pub const DEFAULT_MAX_WATCHED_TYPES: usize = 10_000;
+/// The most bytes the watch feeds may take in memory (their histories and what they hold
+/// for their watchers), by default: 256 MiB.
+pub const DEFAULT_MAX_WATCH_BYTES: usize = 256 << 20;
+/// The smallest byte bound of the registry or of the watch feeds a configuration accepts:
+/// below it, a few instances at the metadata limits would not fit.
+pub const MIN_BYTES_BOUND: usize = 1 << 20;
+/// The largest byte bound of the registry or of the watch feeds a configuration accepts.
+pub const MAX_BYTES_BOUND: usize = 1 << 40;
+/// The most instances a configuration may allow: slots are numbered in 32 bits.
+pub const MAX_INSTANCES_BOUND: usize = 100_000_000;
+/// The longest `watch-window` a configuration accepts.
+pub const MAX_WATCH_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The registry's semantics and limits. No I/O is configured here.
 ///
@@ -103,6 +120,17 @@ pub struct RegistryConfig {
     /// a reset snapshot. Default 60 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub watch_window: Duration,
+    /// The most bytes the live instances and their metadata may take in memory, counted as
+    /// the registry really spends them (the slot, the indexes, every allocation of the
+    /// metadata); a register that would go over is refused. Default 1 GiB.
+    pub max_registry_bytes: usize,
+    /// The most types with a watch feed at once, watched now or within their window; a watch
+    /// of one more type is refused (a feed waiting out its window makes room first).
+    /// Default 10,000.
+    pub max_watched_types: usize,
+    /// The most bytes the watch feeds may take in memory: their histories, and the changes
+    /// they hold for watchers that have not taken them yet. Default 256 MiB.
+    pub max_watch_bytes: usize,
 }
 
 impl Default for RegistryConfig {
@@ -122,6 +150,9 @@ impl Default for RegistryConfig {
             watch_history: DEFAULT_WATCH_HISTORY,
             watch_queue: DEFAULT_WATCH_QUEUE,
             watch_window: DEFAULT_WATCH_WINDOW,
+            max_registry_bytes: DEFAULT_MAX_REGISTRY_BYTES,
+            max_watched_types: DEFAULT_MAX_WATCHED_TYPES,
+            max_watch_bytes: DEFAULT_MAX_WATCH_BYTES,
         }
     }
 }
@@ -133,16 +164,54 @@ impl RegistryConfig {
     ///
     /// [`Error::Config`] naming the setting (by its flag's name) and why.
     pub fn validate(&self) -> Result<(), Error> {
-        if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
-            return Err(Error::Config(format!(
-                "max-frame-bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES}, not {}",
-                self.max_frame_bytes
-            )));
-        }
+        within(
+            "max-frame-bytes",
+            self.max_frame_bytes,
+            MIN_FRAME_BYTES..=MAX_FRAME_BYTES,
+        )?;
         self.validate_ttls()?;
-        if self.max_type_bytes == 0 {
-            return Err(Error::Config("max-type-bytes must be at least 1".into()));
-        }
+        let frame = self.max_frame_bytes;
+        within(
+            "remembered-removals",
+            self.remembered_removals,
+            0..=10_000_000,
+        )?;
+        within("max-instances", self.max_instances, 1..=MAX_INSTANCES_BOUND)?;
+        within(
+            "max-instances-per-type",
+            self.max_instances_per_type,
+            1..=MAX_INSTANCES_BOUND,
+        )?;
+        within("max-type-bytes", self.max_type_bytes, 1..=4096)?;
+        within("max-metadata-pairs", self.max_metadata_pairs, 0..=4096)?;
+        within(
+            "max-metadata-key-bytes",
+            self.max_metadata_key_bytes,
+            1..=frame,
+        )?;
+        within(
+            "max-metadata-value-bytes",
+            self.max_metadata_value_bytes,
+            0..=frame,
+        )?;
+        within("watch-history", self.watch_history, 0..=1_000_000)?;
+        within("watch-queue", self.watch_queue, 1..=1_000_000)?;
+        within_duration(
+            "watch-window",
+            self.watch_window,
+            Duration::ZERO..=MAX_WATCH_WINDOW,
+        )?;
+        within(
+            "max-registry-bytes",
+            self.max_registry_bytes,
+            MIN_BYTES_BOUND..=MAX_BYTES_BOUND,
+        )?;
+        within("max-watched-types", self.max_watched_types, 1..=10_000_000)?;
+        within(
+            "max-watch-bytes",
+            self.max_watch_bytes,
+            MIN_BYTES_BOUND..=MAX_BYTES_BOUND,
+        )?;
         Ok(())
     }
 
@@ -181,6 +250,47 @@ impl RegistryConfig {
         }
         Ok(())
     }
+}
+
+/// Checks that a setting is within its bounds (both inclusive).
+///
+/// # Errors
+///
+/// [`Error::Config`] saying `NAME must be between MIN and MAX, not VALUE`.
+pub fn within<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    bounds: std::ops::RangeInclusive<T>,
+) -> Result<(), Error> {
+    if bounds.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{name} must be between {} and {}, not {value}",
+        bounds.start(),
+        bounds.end()
+    )))
+}
+
+/// [`within`] for a duration, written as the flags are (`1h`, `500ms`).
+///
+/// # Errors
+///
+/// [`Error::Config`] saying `NAME must be between MIN and MAX, not VALUE`.
+pub fn within_duration(
+    name: &str,
+    value: Duration,
+    bounds: std::ops::RangeInclusive<Duration>,
+) -> Result<(), Error> {
+    if bounds.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{name} must be between {} and {}, not {}",
+        duration::format(*bounds.start()),
+        duration::format(*bounds.end()),
+        duration::format(value)
+    )))
 }
 
 /// Durations in configuration: written as people write them (`5s`, `1500ms`, `1m 30s`),
@@ -253,6 +363,76 @@ mod tests {
         for (config, name) in cases {
             let message = config.validate().expect_err(name).to_string();
             assert!(message.contains(name), "{message}");
+        }
+    }
+
+    #[test]
+    fn every_setting_has_an_upper_bound_named_with_both_values() {
+        let huge = Duration::from_secs(300_000_000_000 * 365 * 24 * 3600 / 1_000_000);
+        let cases: Vec<(RegistryConfig, &str)> = vec![
+            (
+                RegistryConfig {
+                    watch_queue: 4_000_000_000,
+                    ..RegistryConfig::default()
+                },
+                "watch-queue must be between 1 and 1000000, not 4000000000",
+            ),
+            (
+                RegistryConfig {
+                    watch_window: huge,
+                    ..RegistryConfig::default()
+                },
+                "watch-window must be between 0s and 1day, not",
+            ),
+            (
+                RegistryConfig {
+                    max_instances: 1 << 62,
+                    ..RegistryConfig::default()
+                },
+                "max-instances must be between 1 and 100000000",
+            ),
+            (
+                RegistryConfig {
+                    watch_history: usize::MAX,
+                    ..RegistryConfig::default()
+                },
+                "watch-history must be between 0 and 1000000",
+            ),
+            (
+                RegistryConfig {
+                    max_metadata_value_bytes: 1 << 20,
+                    ..RegistryConfig::default()
+                },
+                "max-metadata-value-bytes must be between 0 and 65536",
+            ),
+            (
+                RegistryConfig {
+                    max_registry_bytes: 1,
+                    ..RegistryConfig::default()
+                },
+                "max-registry-bytes must be between 1048576 and",
+            ),
+            (
+                RegistryConfig {
+                    max_watch_bytes: usize::MAX,
+                    ..RegistryConfig::default()
+                },
+                "max-watch-bytes must be between",
+            ),
+            (
+                RegistryConfig {
+                    max_watched_types: 0,
+                    ..RegistryConfig::default()
+                },
+                "max-watched-types must be between 1 and",
+            ),
+        ];
+        for (config, start) in cases {
+            let message = match config.validate() {
+                Err(Error::Config(message)) => message,
+                other => panic!("{start}: {other:?}"),
+            };
+            assert!(message.starts_with(start), "{message}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use discovery_proto::{DEFAULT_PORT, Limits, MAX_FRAME_BYTES};
 use discovery_registry::RegistryConfig;
-use discovery_registry::config::duration;
+use discovery_registry::config::{duration, within, within_duration};
 use serde::Deserialize;
 
 use crate::Error;
@@ -31,6 +31,19 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to finish before closing them, by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The most bytes of answers one connection holds, by default: 1 MiB. Larger answers are
+/// streamed in frames under it.
+pub const DEFAULT_MAX_ANSWER_BUFFER_BYTES: usize = 1 << 20;
+/// The smallest answer buffer a configuration accepts: four frames of the largest size.
+pub const MIN_ANSWER_BUFFER_BYTES: usize = 4 * (MAX_FRAME_BYTES + 4);
+/// How long a write may make no progress before its connection is cut off, by default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections a configuration may allow.
+pub const MAX_CONNECTIONS_BOUND: usize = 1_000_000;
+/// The longest idle timeout a configuration accepts.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest frame timeout, write timeout and shutdown grace a configuration accepts.
+pub const MAX_SHORT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 /// Everything the server needs to run: where to listen, the registry's configuration and
 /// the limits on connections.
@@ -63,13 +76,31 @@ pub struct ServerConfig {
     /// Default 60 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
-    /// How long a client has to finish a frame once its first byte came (or to take the
-    /// answers written to it), before the connection is cut off. Default 10 s.
+    /// How long a client has to finish a frame once its first byte came, before the
+    /// connection is cut off. Default 10 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub frame_timeout: Duration,
     /// How long shutdown lets connections finish before closing them. Default 5 s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub shutdown_grace: Duration,
+    /// The most bytes of answers one connection holds at once, whatever the answer's size:
+    /// a larger answer is streamed in frames under it, and the memory is given back after.
+    /// Default 1 MiB.
+    pub max_answer_buffer_bytes: usize,
+    /// How long a write to a client may make no progress before the connection is cut off;
+    /// a client that keeps reading, however slowly, is never cut off by it. Default 10 s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub write_timeout: Duration,
+    /// The most open connections from one peer (an IPv6 peer counted per /64); one more
+    /// gets a `PeerConnectionLimit` error frame. Off by default: many services of one host
+    /// share its address.
+    pub max_connections_per_peer: Option<usize>,
+    /// The most registers per second one connection may make, on average; one more is
+    /// answered `Throttled` with when to try again. Off by default.
+    pub register_rate: Option<u32>,
+    /// How many registers one connection may make at once above `register_rate` (the
+    /// token bucket's size). Default: the rate.
+    pub register_burst: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +114,11 @@ impl Default for ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_answer_buffer_bytes: DEFAULT_MAX_ANSWER_BUFFER_BYTES,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_connections_per_peer: None,
+            register_rate: None,
+            register_burst: None,
         }
     }
 }
@@ -95,23 +131,75 @@ impl ServerConfig {
     /// [`Error::Config`] naming the setting (by its flag's name) and why.
     pub fn validate(&self) -> Result<(), Error> {
         self.registry.validate()?;
-        let positive = [
-            ("idle-timeout", self.idle_timeout),
-            ("frame-timeout", self.frame_timeout),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
-            return Err(Error::Config(format!("{name} must be longer than zero")));
-        }
+        let positive = Duration::from_millis(1);
+        within_duration(
+            "idle-timeout",
+            self.idle_timeout,
+            positive..=MAX_IDLE_TIMEOUT,
+        )?;
+        within_duration(
+            "frame-timeout",
+            self.frame_timeout,
+            positive..=MAX_SHORT_TIMEOUT,
+        )?;
+        within_duration(
+            "write-timeout",
+            self.write_timeout,
+            positive..=MAX_SHORT_TIMEOUT,
+        )?;
+        within_duration(
+            "shutdown-grace",
+            self.shutdown_grace,
+            Duration::ZERO..=MAX_SHORT_TIMEOUT,
+        )?;
         if self.compat_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(Error::Config(format!(
                 "compat-listen must differ from listen, not both {}",
                 self.listen
             )));
         }
-        if self.max_connections == 0 {
-            return Err(Error::Config("max-connections must be at least 1".into()));
+        within(
+            "max-connections",
+            self.max_connections,
+            1..=MAX_CONNECTIONS_BOUND,
+        )?;
+        within(
+            "max-watches-per-connection",
+            self.max_watches_per_connection,
+            0..=65_536,
+        )?;
+        within(
+            "max-answer-buffer-bytes",
+            self.max_answer_buffer_bytes,
+            MIN_ANSWER_BUFFER_BYTES..=1 << 30,
+        )?;
+        if let Some(per_peer) = self.max_connections_per_peer {
+            within(
+                "max-connections-per-peer",
+                per_peer,
+                1..=MAX_CONNECTIONS_BOUND,
+            )?;
+        }
+        if let Some(rate) = self.register_rate {
+            within("register-rate", rate, 1..=10_000_000)?;
+        }
+        if let Some(burst) = self.register_burst {
+            if self.register_rate.is_none() {
+                return Err(Error::Config(
+                    "register-burst needs register-rate: a burst of an unlimited rate means nothing"
+                        .into(),
+                ));
+            }
+            within("register-burst", burst, 1..=10_000_000)?;
         }
         Ok(())
+    }
+
+    /// The size of the register token bucket, if registers are rate-limited: the burst,
+    /// or the rate when no burst is given.
+    pub fn register_bucket(&self) -> Option<(u32, u32)> {
+        self.register_rate
+            .map(|rate| (rate, self.register_burst.unwrap_or(rate)))
     }
 
     /// The largest frame payload accepted or sent, in bytes (the registry's limit).
@@ -212,6 +300,48 @@ mod tests {
                 "max-connections",
             ),
             (bad_frame, "max-frame-bytes"),
+            (
+                ServerConfig {
+                    max_connections: 1 << 62,
+                    ..ServerConfig::default()
+                },
+                "max-connections must be between 1 and 1000000, not 4611686018427387904",
+            ),
+            (
+                ServerConfig {
+                    idle_timeout: Duration::from_secs(u64::MAX / 4),
+                    ..ServerConfig::default()
+                },
+                "idle-timeout must be between 1ms and 1day",
+            ),
+            (
+                ServerConfig {
+                    write_timeout: Duration::ZERO,
+                    ..ServerConfig::default()
+                },
+                "write-timeout must be between",
+            ),
+            (
+                ServerConfig {
+                    max_answer_buffer_bytes: 1024,
+                    ..ServerConfig::default()
+                },
+                "max-answer-buffer-bytes must be between",
+            ),
+            (
+                ServerConfig {
+                    register_burst: Some(5),
+                    ..ServerConfig::default()
+                },
+                "register-burst needs register-rate",
+            ),
+            (
+                ServerConfig {
+                    register_rate: Some(0),
+                    ..ServerConfig::default()
+                },
+                "register-rate must be between 1 and",
+            ),
         ];
         for (config, name) in cases {
             let message = config.validate().expect_err(name).to_string();

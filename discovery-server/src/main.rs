@@ -13,12 +13,14 @@ use discovery_proto::MAX_FRAME_BYTES;
 use discovery_registry::RegistryConfig;
 use discovery_registry::config::{
     DEFAULT_MAX_INSTANCES, DEFAULT_MAX_INSTANCES_PER_TYPE, DEFAULT_MAX_METADATA_KEY_BYTES,
-    DEFAULT_MAX_METADATA_PAIRS, DEFAULT_MAX_METADATA_VALUE_BYTES, DEFAULT_MAX_TYPE_BYTES,
+    DEFAULT_MAX_METADATA_PAIRS, DEFAULT_MAX_METADATA_VALUE_BYTES, DEFAULT_MAX_REGISTRY_BYTES,
+    DEFAULT_MAX_TYPE_BYTES, DEFAULT_MAX_WATCH_BYTES, DEFAULT_MAX_WATCHED_TYPES,
     DEFAULT_REMEMBERED_REMOVALS, DEFAULT_WATCH_HISTORY, DEFAULT_WATCH_QUEUE, duration,
 };
 use discovery_server::Registry;
 use discovery_server::config::{
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WATCHES_PER_CONNECTION, ServerConfig,
+    DEFAULT_LISTEN, DEFAULT_MAX_ANSWER_BUFFER_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_WATCHES_PER_CONNECTION, ServerConfig,
 };
 use discovery_server::server::Listener;
 use tokio::net::TcpListener;
@@ -35,7 +37,7 @@ struct Cli {
     server: ServerFlags,
     #[command(flatten)]
     registry: RegistryFlags,
-    /// Threads that serve connections; 0 for one per core. Default 0.
+    /// Threads that serve connections, at most 1024; 0 for one per core. Default 0.
     #[arg(long, env = "DISCOVERY_THREADS", default_value_t = 0)]
     threads: usize,
 }
@@ -67,6 +69,26 @@ struct ServerFlags {
     /// How long shutdown lets connections finish before closing them (`5s`). Default 5 s.
     #[arg(long, env = "DISCOVERY_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration::parse)]
     shutdown_grace: Duration,
+    /// The most bytes of answers one connection holds at once; larger answers are streamed
+    /// in frames under it. Default 1 MiB (1048576).
+    #[arg(long, env = "DISCOVERY_MAX_ANSWER_BUFFER_BYTES", default_value_t = DEFAULT_MAX_ANSWER_BUFFER_BYTES)]
+    max_answer_buffer_bytes: usize,
+    /// How long a write to a client may make no progress before the connection is cut off
+    /// (`10s`); a client that keeps reading is never cut off by it. Default 10 s.
+    #[arg(long, env = "DISCOVERY_WRITE_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    write_timeout: Duration,
+    /// The most open connections from one peer address (an IPv6 peer counted per /64). Off
+    /// by default: many services of one host share its address.
+    #[arg(long, env = "DISCOVERY_MAX_CONNECTIONS_PER_PEER")]
+    max_connections_per_peer: Option<usize>,
+    /// The most registers per second one connection may make, on average; more are
+    /// answered `Throttled`. Off by default.
+    #[arg(long, env = "DISCOVERY_REGISTER_RATE")]
+    register_rate: Option<u32>,
+    /// How many registers one connection may make at once above `--register-rate`.
+    /// Default: the rate.
+    #[arg(long, env = "DISCOVERY_REGISTER_BURST")]
+    register_burst: Option<u32>,
 }
 
 /// The flags of [`RegistryConfig`], one per field, with the same names.
@@ -121,6 +143,17 @@ struct RegistryFlags {
     /// resume gets a reset snapshot. Default 60 s.
     #[arg(long, env = "DISCOVERY_WATCH_WINDOW", default_value = "60s", value_parser = duration::parse)]
     watch_window: Duration,
+    /// The most bytes the live instances and their metadata may take in memory, counted as
+    /// the server spends them. Default 1 GiB (1073741824).
+    #[arg(long, env = "DISCOVERY_MAX_REGISTRY_BYTES", default_value_t = DEFAULT_MAX_REGISTRY_BYTES)]
+    max_registry_bytes: usize,
+    /// The most types with a watch feed at once (watched, or within their window). Default
+    /// 10,000.
+    #[arg(long, env = "DISCOVERY_MAX_WATCHED_TYPES", default_value_t = DEFAULT_MAX_WATCHED_TYPES)]
+    max_watched_types: usize,
+    /// The most bytes the watch feeds may take in memory. Default 256 MiB (268435456).
+    #[arg(long, env = "DISCOVERY_MAX_WATCH_BYTES", default_value_t = DEFAULT_MAX_WATCH_BYTES)]
+    max_watch_bytes: usize,
 }
 
 impl Cli {
@@ -145,18 +178,42 @@ impl Cli {
                 watch_history: r.watch_history,
                 watch_queue: r.watch_queue,
                 watch_window: r.watch_window,
+                max_registry_bytes: r.max_registry_bytes,
+                max_watched_types: r.max_watched_types,
+                max_watch_bytes: r.max_watch_bytes,
             },
             max_connections: s.max_connections,
             max_watches_per_connection: s.max_watches_per_connection,
             idle_timeout: s.idle_timeout,
             frame_timeout: s.frame_timeout,
             shutdown_grace: s.shutdown_grace,
+            max_answer_buffer_bytes: s.max_answer_buffer_bytes,
+            write_timeout: s.write_timeout,
+            max_connections_per_peer: s.max_connections_per_peer,
+            register_rate: s.register_rate,
+            register_burst: s.register_burst,
         }
     }
 }
 
+/// The most `--threads`: far more than any machine has cores, and few enough that the
+/// runtime starts in moments.
+const MAX_THREADS: usize = 1024;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Checked before the runtime is built: too many threads would hang the start, and the
+    // rest would be refused by the runtime's first task anyway.
+    let config = cli.config();
+    if let Err(e) = config.validate() {
+        return fail(&e.to_string());
+    }
+    if cli.threads > MAX_THREADS {
+        return fail(&format!(
+            "invalid configuration: threads must be between 0 and {MAX_THREADS}, not {}",
+            cli.threads
+        ));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -171,7 +228,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(serve(cli.config())) {
+    match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }

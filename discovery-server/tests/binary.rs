@@ -75,6 +75,49 @@ fn bad_configuration_is_one_line_and_a_failure() {
 }
 
 #[test]
+fn flag_values_past_their_bounds_are_refused_at_start_in_one_line() {
+    // Each of these once validated and then aborted, panicked or hung (issue 15, finding 8).
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--watch-queue", "4000000000"],
+            "watch-queue must be between",
+        ),
+        (
+            &["--idle-timeout", "300000000000years"],
+            "idle-timeout must be between",
+        ),
+        (
+            &["--watch-window", "300000000000years"],
+            "watch-window must be between",
+        ),
+        (
+            &["--max-connections", "3000000000000000000"],
+            "max-connections must be between",
+        ),
+        (
+            &["--threads", "100000"],
+            "threads must be between 0 and 1024",
+        ),
+        (
+            &["--register-burst", "10"],
+            "register-burst needs register-rate",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let output = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{flags:?}, one line: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flags:?} never listened");
+    }
+}
+
+#[test]
 fn an_address_in_use_is_a_clear_failure() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -571,17 +571,21 @@ async fn shutdown_does_not_wait_past_the_grace_for_a_client_that_never_reads() {
 }
 
 #[tokio::test]
-async fn timeouts_and_windows_of_any_length_serve_and_shut_down() {
-    // "Forever" written as the largest duration: no deadline may overflow an `Instant`.
+async fn timeouts_and_windows_at_their_bounds_serve_and_shut_down() {
+    // The longest of each that a configuration accepts (longer ones are refused at start):
+    // no deadline may overflow an `Instant`.
     let mut config = ServerConfig {
-        idle_timeout: Duration::MAX,
-        frame_timeout: Duration::MAX,
+        idle_timeout: discovery_server::config::MAX_IDLE_TIMEOUT,
+        frame_timeout: discovery_server::config::MAX_SHORT_TIMEOUT,
+        write_timeout: discovery_server::config::MAX_SHORT_TIMEOUT,
+        shutdown_grace: Duration::ZERO,
         ..ServerConfig::default()
     };
     // The longest TTL a configuration accepts is a century.
     config.registry.max_ttl = discovery_registry::config::MAX_TTL;
     config.registry.ttl = discovery_registry::config::MAX_TTL;
-    config.registry.watch_window = Duration::MAX;
+    config.registry.watch_window = discovery_registry::config::MAX_WATCH_WINDOW;
+    assert!(config.validate().is_ok());
     let server = TestServer::with_config(config).await;
     let mut wire = Wire::hello(server.addr).await;
     let id = wire.register("forever", 9000).await;
