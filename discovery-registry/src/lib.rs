@@ -16,6 +16,7 @@
 //! | `removals` | the bounded memory of recent removals: which ids went and why, for a `NotFound`'s reason |
 //! | [`subscription`] | [`Subscription`], one subscriber's stream of a type's changes |
 //! | `rules` | what an instance must be to be held: type, address, metadata, size in a frame |
+//! | `footprint` | what instances and metadata cost in memory, as the allocator spends it, for the byte bounds |
 //! | `clock` | the monotonic deadlines and the wall-clock times shown for them |
 //! | [`config`] | [`RegistryConfig`]: every limit and its default |
 //! | [`error`] | [`Error`], why a change or a configuration was refused |
@@ -33,6 +34,11 @@ pub mod subscription;
 mod clock;
 mod deadlines;
 mod expiry;
+#[allow(
+    dead_code,
+    reason = "the byte bounds that use it land in the next commits"
+)]
+mod footprint;
 mod removals;
 mod rules;
 mod state;
