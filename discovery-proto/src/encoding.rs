@@ -264,6 +264,22 @@ impl<'a> ListWriter<'a> {
         Ok(())
     }
 
+    /// How many bytes of the output come before the frame being filled (the whole frames
+    /// written, and what the output held before): those a server may send before the
+    /// answer is finished, to stream a long list under a bound of its memory.
+    pub fn complete_len(&self) -> usize {
+        self.frame
+    }
+
+    /// Takes the bytes before the frame being filled out of the output (see
+    /// [`ListWriter::complete_len`]): the bytes to send now, so that a long answer never
+    /// sits in memory whole. What is written after them is the same as if they had stayed.
+    pub fn drain_complete(&mut self) -> std::vec::Drain<'_, u8> {
+        let complete = self.frame;
+        self.frame = 0;
+        self.out.drain(..complete)
+    }
+
     /// Closes the last frame.
     pub fn finish(mut self) {
         self.close(false);

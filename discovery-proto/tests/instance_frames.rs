@@ -130,6 +130,51 @@ proptest! {
         check_split(request_id, &service_type, &entries, limit)?;
     }
 
+    /// Taking the whole frames out while writing (as a server streaming a long answer does)
+    /// sends exactly the bytes of writing it all at once, and never takes part of a frame.
+    #[test]
+    fn draining_while_writing_sends_the_same_bytes(entries in vec(entry(), 0..200),
+                                                   limit in 1024usize..=4096,
+                                                   drain_every in 1usize..20) {
+        let envelope = |instances: Vec<Entry>, more| Response::Instances {
+            service_type: "billing".into(),
+            stale_ms: None,
+            instances,
+            more,
+        };
+        let mut whole = Vec::new();
+        let mut writer = ListWriter::new(&mut whole, 3, limit, envelope).expect("envelope");
+        for entry in &entries {
+            writer.push(entry).expect("fits");
+        }
+        writer.finish();
+
+        let mut sent = Vec::new();
+        let mut out = Vec::new();
+        let mut writer = ListWriter::new(&mut out, 3, limit, envelope).expect("envelope");
+        for (i, entry) in entries.iter().enumerate() {
+            writer.push(entry).expect("fits");
+            if i % drain_every == 0 {
+                let complete = writer.complete_len();
+                let drained: Vec<u8> = writer.drain_complete().collect();
+                prop_assert_eq!(drained.len(), complete);
+                prop_assert_eq!(writer.complete_len(), 0);
+                // What was taken is whole frames: each length prefix is followed by its
+                // whole payload.
+                let mut rest = drained.as_slice();
+                while let Some((head, tail)) = rest.split_first_chunk::<4>() {
+                    let len = u32::from_be_bytes(*head) as usize;
+                    prop_assert!(len <= tail.len());
+                    rest = &tail[len..];
+                }
+                sent.extend(drained);
+            }
+        }
+        writer.finish();
+        sent.extend(out);
+        prop_assert_eq!(sent, whole);
+    }
+
     /// A limit over the protocol's maximum is the maximum.
     #[test]
     fn limit_is_capped_at_the_maximum(entries in vec(entry(), 0..50),

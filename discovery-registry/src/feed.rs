@@ -30,6 +30,8 @@ use discovery_proto::{Instance, RemoveReason, Revision};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+use crate::members::Members;
+
 /// One change to a watched type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -57,10 +59,15 @@ pub enum WatchStart {
     /// With the instances of the type as of `revision`. `reset` when it replaces what the
     /// client knew: its `since` could not be resumed.
     Snapshot {
-        /// The type's revision the snapshot is as of.
+        /// The type's revision the snapshot starts from: the changes that follow are those
+        /// after it.
         revision: Revision,
-        /// The live instances.
-        instances: Vec<Instance>,
+        /// The type's instances, to read in batches with
+        /// [`Registry::visit`](crate::Registry::visit) as they are sent (or all at once with
+        /// [`Registry::instances`](crate::Registry::instances)). An instance that changes
+        /// after `revision` and before its batch is read as it is after the change, whose
+        /// event then follows: applying that event again changes nothing.
+        members: Members,
         /// True when a `since` was given and could not be resumed.
         reset: bool,
     },

@@ -14,6 +14,7 @@
 //! | `expiry` | the expiry task, and the bounded passes every path that frees due entries takes |
 //! | [`feed`] | the revisions of every change, and the change feeds of watched types: history, wake-ups |
 //! | `removals` | the bounded memory of recent removals: which ids went and why, for a `NotFound`'s reason |
+//! | [`members`] | [`Members`], a copy of a type's member list read in batches, so that a large answer does not hold the lock |
 //! | [`subscription`] | [`Subscription`], one subscriber's stream of a type's changes |
 //! | `rules` | what an instance must be to be held: type, address, metadata, size in a frame |
 //! | `footprint` | what instances and metadata cost in memory, as the allocator spends it, for the byte bounds |
@@ -21,13 +22,14 @@
 //! | [`config`] | [`RegistryConfig`]: every limit and its default |
 //! | [`error`] | [`Error`], why a change or a configuration was refused |
 //!
-//! Arrows point one way: `registry` → `subscription`, `expiry`, `state`, `rules`;
-//! `state` → `table`, `feed`, `removals`, `clock`; `table` → `deadlines`; `removals` →
+//! Arrows point one way: `registry` → `members`, `subscription`, `expiry`, `state`, `rules`;
+//! `state` → `table`, `feed`, `removals`, `clock`; `feed` → `members`; `table` → `deadlines`; `removals` →
 //! `clock`.
 
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod members;
 pub mod registry;
 pub mod subscription;
 
@@ -47,6 +49,7 @@ mod table;
 pub use config::RegistryConfig;
 pub use error::Error;
 pub use feed::{Change, ChangeEvent, WatchStart};
+pub use members::Members;
 pub use registry::{Lifetime, Registered, Registry};
 pub use subscription::Subscription;
 

@@ -38,6 +38,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, Nanos};
 use crate::feed::WatchStart;
+use crate::members::{BATCH, Members};
 use crate::state::{Core, State, nanos};
 use crate::subscription::Subscription;
 use crate::table::{NewEntry, Timing};
@@ -430,35 +432,126 @@ impl Registry {
     /// Every live instance of `service_type`, in no particular order.
     ///
     /// Its cost is proportional to the instances of that type, whatever the registry holds
-    /// besides.
+    /// besides; the lock is taken once per [`BATCH`](crate::members::BATCH) of them, so a
+    /// big type does not stall other requests (see [`crate::members`] for what a reader
+    /// sees).
     pub fn query(&self, service_type: &str) -> Vec<Instance> {
-        let clock = self.core.clock;
-        let now = clock.now();
-        self.core.lock().instances(&clock, service_type, now)
+        self.instances(self.members(service_type))
+    }
+
+    /// Reads every live instance left in `members` (a copy of a type's list, or a watch's
+    /// snapshot), in batches.
+    pub fn instances(&self, mut members: Members) -> Vec<Instance> {
+        let Some(service_type) = members.type_name.as_deref().map(str::to_owned) else {
+            return Vec::new();
+        };
+        let mut instances = Vec::with_capacity(members.remaining());
+        while self.visit(&mut members, |entry| {
+            instances.push(Instance {
+                id: entry.id,
+                service_type: service_type.clone(),
+                ip: entry.ip,
+                port: entry.port,
+                metadata: entry.metadata.clone(),
+                last_heartbeat: chrono::DateTime::from_timestamp_millis(entry.last_heartbeat_ms)
+                    .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+            });
+            ControlFlow::Continue(())
+        }) {}
+        instances
     }
 
     /// Visits every live instance of `service_type`, in no particular order, as borrowed
     /// views that encode like an [`Entry`](discovery_proto::Entry) (an instance without its
     /// type, which the answer says once): a query answer is written from them without
-    /// copying the instances first. The lock is held while `visit` runs, so it must be
-    /// quick (encoding is).
+    /// copying the instances first. The lock is held while each batch of `visit` calls
+    /// runs, so it must be quick (encoding is).
     pub fn query_each(&self, service_type: &str, mut visit: impl FnMut(EntryRef<'_>)) {
+        let mut members = self.members(service_type);
+        while self.visit(&mut members, |entry| {
+            visit(entry);
+            ControlFlow::Continue(())
+        }) {}
+    }
+
+    /// A copy of the list of `service_type`'s instances as they are now, to read in
+    /// batches with [`Registry::visit`]: 4 bytes per instance, copied under the lock.
+    pub fn members(&self, service_type: &str) -> Members {
+        let state = self.core.lock();
+        let table = &state.table;
+        Members::new(
+            table.interned(service_type).cloned(),
+            table.members(service_type),
+        )
+    }
+
+    /// Visits the next live instances of `members` under one hold of the lock: at most
+    /// [`BATCH`](crate::members::BATCH) slots, or fewer when `visit` breaks (the instance it
+    /// broke on counts as visited). Returns true while slots are left to read.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use discovery_registry::{Metadata, Registry, RegistryConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), discovery_registry::Error> {
+    /// let registry = Registry::new(RegistryConfig::default());
+    /// for port in 1..=3 {
+    ///     registry.register("db", "10.0.0.1".parse().unwrap(), port, Metadata::new())?;
+    /// }
+    /// let mut members = registry.members("db");
+    /// let mut ports = Vec::new();
+    /// // One at a time, as a writer that stops to send what it has would.
+    /// while registry.visit(&mut members, |entry| {
+    ///     ports.push(entry.port);
+    ///     ControlFlow::Break(())
+    /// }) {}
+    /// ports.sort();
+    /// assert_eq!(ports, [1, 2, 3]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn visit(
+        &self,
+        members: &mut Members,
+        mut visit: impl FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    ) -> bool {
+        let Some(type_name) = members.type_name.clone() else {
+            members.next = members.slots.len();
+            return false;
+        };
         let clock = self.core.clock;
         let now = clock.now();
         let state = self.core.lock();
         let table = &state.table;
-        for &index in table.members(service_type) {
-            let slot = table.slot(index);
-            if slot.is_live(now) {
-                visit(EntryRef {
-                    id: slot.id,
-                    ip: slot.ip(),
-                    port: slot.port,
-                    metadata: slot.metadata(),
-                    last_heartbeat_ms: clock.shown_ms(slot.deadline, slot.is_held(), slot.ttl),
-                });
+        let end = members.slots.len().min(members.next + BATCH);
+        while members.next < end {
+            let index = members.slots[members.next];
+            members.next += 1;
+            let Some(slot) = table.member_of(index, &type_name) else {
+                continue;
+            };
+            if !slot.is_live(now) {
+                continue;
+            }
+            let flow = visit(EntryRef {
+                id: slot.id,
+                ip: slot.ip(),
+                port: slot.port,
+                metadata: slot.metadata(),
+                last_heartbeat_ms: clock.shown_ms(slot.deadline, slot.is_held(), slot.ttl),
+            });
+            if flow.is_break() {
+                break;
             }
         }
+        drop(state);
+        if members.is_done() {
+            // The copy is not needed any more: give its memory back at once.
+            *members = Members::default();
+            return false;
+        }
+        true
     }
 
     /// Every type with at least one live instance, and how many it has, sorted by type.
@@ -565,9 +658,13 @@ impl Registry {
                 .subscribe(&service_type, since, tokio::time::Instant::now());
         let start = match start {
             Ok(resume) => resume,
+            // The instances are read from this copy in batches, as they are sent.
             Err(revision) => WatchStart::Snapshot {
                 revision,
-                instances: state.instances(&clock, &service_type, now),
+                members: Members::new(
+                    state.table.interned(&service_type).cloned(),
+                    state.table.members(&service_type),
+                ),
                 reset,
             },
         };

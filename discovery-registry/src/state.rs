@@ -195,17 +195,6 @@ impl State {
         }
     }
 
-    /// The live instances of a type.
-    pub(crate) fn instances(&self, clock: &Clock, service_type: &str, now: Nanos) -> Vec<Instance> {
-        self.table
-            .members(service_type)
-            .iter()
-            .map(|&index| self.table.slot(index))
-            .filter(|slot| slot.is_live(now))
-            .map(|slot| instance(&self.table, clock, slot))
-            .collect()
-    }
-
     /// True when an expiry pass at `now` would have something to do: an entry to free or
     /// to file again, or a feed to forget.
     pub(crate) fn has_due(&self, clock: &Clock, now: Nanos) -> bool {

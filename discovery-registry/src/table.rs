@@ -296,6 +296,16 @@ impl Table {
         }
     }
 
+    /// The entry in slot `index` if it is an instance of the type named `type_name` (the
+    /// interned name itself, compared by pointer: a type freed and made again is another
+    /// type). For reading a copy of a type's members later than it was taken, when the slot
+    /// may have been freed or reused since.
+    pub(crate) fn member_of(&self, index: u32, type_name: &Arc<str>) -> Option<&Slot> {
+        let slot = self.slots.get(index as usize)?;
+        let name = &self.types.get(slot.type_index as usize)?.name;
+        (slot.is_occupied() && Arc::ptr_eq(name, type_name)).then_some(slot)
+    }
+
     /// Adds an entry; the endpoint must not be in the table already.
     pub(crate) fn insert(&mut self, entry: NewEntry<'_>) -> u32 {
         let NewEntry {

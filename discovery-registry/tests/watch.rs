@@ -40,15 +40,19 @@ fn register(registry: &Registry, service_type: &str, last: u8) -> Uuid {
 }
 
 /// The snapshot a subscription starts with.
-fn snapshot(subscription: &mut Subscription) -> (Revision, Vec<Uuid>, bool) {
+fn snapshot(registry: &Registry, subscription: &mut Subscription) -> (Revision, Vec<Uuid>, bool) {
     match subscription.take_start() {
         Some(WatchStart::Snapshot {
             revision,
-            instances,
+            members,
             reset,
         }) => (
             revision,
-            instances.into_iter().map(|i| i.id).collect(),
+            registry
+                .instances(members)
+                .into_iter()
+                .map(|i| i.id)
+                .collect(),
             reset,
         ),
         other => panic!("expected a snapshot, got {other:?}"),
@@ -90,7 +94,7 @@ async fn every_kind_of_change_is_an_event() {
     let registry = registry();
     let before = register(&registry, "billing", 1);
     let mut watch = registry.watch("billing", None).expect("watch");
-    let (start, ids, reset) = snapshot(&mut watch);
+    let (start, ids, reset) = snapshot(&registry, &mut watch);
     assert_eq!(ids, vec![before]);
     assert!(!reset);
 
@@ -178,7 +182,7 @@ async fn a_change_wakes_only_the_watchers_of_its_type() {
 async fn a_resume_gets_exactly_the_missed_changes() {
     let registry = registry();
     let mut watch = registry.watch("billing", None).expect("watch");
-    let (mut last, _, _) = snapshot(&mut watch);
+    let (mut last, _, _) = snapshot(&registry, &mut watch);
     let first = register(&registry, "billing", 1);
     last = next_change(&mut watch).revision.max(last);
     drop(watch);
@@ -225,7 +229,7 @@ async fn a_since_from_another_run_or_beyond_history_gets_a_reset() {
         ..RegistryConfig::default()
     });
     let mut watch = registry.watch("billing", None).expect("watch");
-    let (start, _, _) = snapshot(&mut watch);
+    let (start, _, _) = snapshot(&registry, &mut watch);
 
     let earlier_run = Revision {
         incarnation: start.incarnation.wrapping_add(1),
@@ -233,7 +237,7 @@ async fn a_since_from_another_run_or_beyond_history_gets_a_reset() {
     };
     let id = register(&registry, "billing", 1);
     let mut other = registry.watch("billing", Some(earlier_run)).expect("watch");
-    let (revision, ids, reset) = snapshot(&mut other);
+    let (revision, ids, reset) = snapshot(&registry, &mut other);
     assert!(reset, "a revision of another incarnation is a reset");
     assert_eq!(ids, vec![id]);
     assert_eq!(revision.incarnation, start.incarnation);
@@ -243,7 +247,7 @@ async fn a_since_from_another_run_or_beyond_history_gets_a_reset() {
         register(&registry, "billing", last);
     }
     let mut late = registry.watch("billing", Some(start)).expect("watch");
-    let (_, ids, reset) = snapshot(&mut late);
+    let (_, ids, reset) = snapshot(&registry, &mut late);
     assert!(reset, "a since older than the history is a reset");
     assert_eq!(ids.len(), 5);
 
@@ -253,7 +257,7 @@ async fn a_since_from_another_run_or_beyond_history_gets_a_reset() {
         seq: start.seq + 1_000,
     };
     let mut odd = registry.watch("billing", Some(future)).expect("watch");
-    assert!(snapshot(&mut odd).2);
+    assert!(snapshot(&registry, &mut odd).2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -277,7 +281,7 @@ async fn a_slow_watcher_is_told_to_reset_and_stays_bounded() {
     }
     let mut fresh = registry.resubscribe(&slow).expect("resubscribe");
     drop(slow);
-    let (_, ids, reset) = snapshot(&mut fresh);
+    let (_, ids, reset) = snapshot(&registry, &mut fresh);
     assert!(reset);
     assert_eq!(ids.len(), 100, "the reset snapshot has every instance");
     assert_quiet(&mut fresh);
@@ -292,7 +296,7 @@ async fn a_feed_is_forgotten_a_window_after_its_last_watcher() {
         ..RegistryConfig::default()
     });
     let mut watch = registry.watch("billing", None).expect("watch");
-    let (start, _, _) = snapshot(&mut watch);
+    let (start, _, _) = snapshot(&registry, &mut watch);
     assert_eq!(registry.watched_types(), 1);
     drop(watch);
 
@@ -312,7 +316,7 @@ async fn a_feed_is_forgotten_a_window_after_its_last_watcher() {
     assert_eq!(registry.watched_types(), 0, "forgotten with no watcher");
     let mut late = registry.watch("billing", Some(start)).expect("watch");
     assert!(
-        snapshot(&mut late).2,
+        snapshot(&registry, &mut late).2,
         "a resume after the window is a reset"
     );
 }
@@ -333,7 +337,7 @@ async fn a_snapshot_never_holds_an_expired_instance() {
     // removal of an instance the watcher never saw follows.
     tokio::time::advance(TTL).await;
     let mut watch = registry.watch("billing", None).expect("watch");
-    let (_, ids, _) = snapshot(&mut watch);
+    let (_, ids, _) = snapshot(&registry, &mut watch);
     assert!(ids.is_empty(), "{id} is gone");
     settle(&registry).await;
     assert_quiet(&mut watch);

@@ -34,8 +34,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The most bytes of answers one connection holds, by default: 1 MiB. Larger answers are
 /// streamed in frames under it.
 pub const DEFAULT_MAX_ANSWER_BUFFER_BYTES: usize = 1 << 20;
-/// The smallest answer buffer a configuration accepts: four frames of the largest size.
-pub const MIN_ANSWER_BUFFER_BYTES: usize = 4 * (MAX_FRAME_BYTES + 4);
+/// The smallest answer buffer a configuration accepts: eight frames of the largest size,
+/// so that the frame being filled, the whole frames waiting to be written and an
+/// eighth of the bound gathered before a write fit in it together.
+pub const MIN_ANSWER_BUFFER_BYTES: usize = 8 * (MAX_FRAME_BYTES + 4);
 /// How long a write may make no progress before its connection is cut off, by default.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most connections a configuration may allow.

@@ -10,6 +10,7 @@
 //! the write buffer, and the write buffer is flushed once, when no complete frame is left.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +18,9 @@ use bytes::BytesMut;
 use discovery_proto::codec::ServerCodec;
 use discovery_proto::encoding::ListWriter;
 use discovery_proto::{
-    ClientFrame, EntryRef, ErrorKind, Instance, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
+    ClientFrame, Entry, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
 };
-use discovery_registry::{Change, ChangeEvent, Registry, Subscription, WatchStart};
+use discovery_registry::{Change, ChangeEvent, Members, Registry, Subscription, WatchStart};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -33,9 +34,9 @@ use super::handler::{self, Answer};
 use crate::Error;
 use crate::frontend::{self, Context};
 
-/// How many bytes of answers a connection gathers before it writes them out even though
-/// more pipelined requests are waiting to be answered.
-const FLUSH_AT: usize = 256 * 1024;
+/// A buffer whose capacity grew past this for a large answer is given back after it, so
+/// that an idle connection holds no more than an ordinary answer's worth.
+const KEEP_CAPACITY: usize = 2 * (discovery_proto::MAX_FRAME_BYTES + 4);
 
 /// How much is read from the socket at a time, at least.
 const READ_CHUNK: usize = 8 * 1024;
@@ -64,6 +65,12 @@ pub struct Connection<S> {
     /// The open watches, by the request id of their `Watch`.
     watches: StreamMap<RequestId, Subscription>,
     max_watches: usize,
+    /// How many bytes of answers are gathered before they are written out, even in the
+    /// middle of a list answer or with more pipelined requests waiting: an eighth of
+    /// `--max-answer-buffer-bytes`, so that the buffers' capacities (what waits to be
+    /// written, the whole frames of a list answer moved to it, the frame being filled)
+    /// stay under the bound together.
+    flush_at: usize,
 }
 
 /// What waiting for more bytes ended with.
@@ -100,6 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             frame_timeout: config.frame_timeout,
             watches: StreamMap::new(),
             max_watches: config.max_watches_per_connection,
+            flush_at: config.max_answer_buffer_bytes / 8,
         }
     }
 
@@ -148,25 +156,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 };
                 greeted = true;
-                if !self.answer(registry, request_id, answer, max_frame_bytes)? {
+                if !self
+                    .answer(registry, request_id, answer, max_frame_bytes)
+                    .await?
+                {
                     return self.close().await;
                 }
                 // A read can hold thousands of small queries with large answers: write out
                 // what has piled up rather than hold it all, so a connection's memory stays
                 // bounded whatever it pipelines.
-                if self.write_buf.len() >= FLUSH_AT {
-                    self.flush().await?;
-                }
+                self.flush_if_full().await?;
             }
             // While changes are ready, send them with this flush rather than one by one (up
             // to the same bound: the rest wait in their queues, which are bounded too).
-            while self.write_buf.len() < FLUSH_AT {
+            while self.write_buf.len() < self.flush_at {
                 let Some(Some((id, change))) = self.watches.next().now_or_never() else {
                     break;
                 };
-                self.change(registry, id, change, max_frame_bytes)?;
+                self.change(registry, id, change, max_frame_bytes).await?;
             }
             self.flush().await?;
+            self.give_back();
             match self.fill(shutdown).await? {
                 Fill::Data => {}
                 Fill::Closed => return Ok(()),
@@ -179,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Ok(());
                 }
                 Fill::Change(id, change) => {
-                    self.change(registry, id, change, max_frame_bytes)?;
+                    self.change(registry, id, change, max_frame_bytes).await?;
                 }
                 Fill::Shutdown => {
                     let bye =
@@ -191,8 +201,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Encodes an answer into the write buffer; false when the connection must close after it.
-    fn answer(
+    /// Encodes an answer into the write buffer, writing out what it gathers as it goes
+    /// once it holds more than the flush threshold; false when the connection must close
+    /// after it.
+    async fn answer(
         &mut self,
         registry: &Registry,
         request_id: RequestId,
@@ -209,51 +221,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(false)
             }
             Answer::Query(service_type) => {
-                self.scratch.clear();
-                let mut writer = ListWriter::new(
-                    &mut self.scratch,
-                    request_id,
-                    max_frame_bytes,
-                    |instances, more| Response::Instances {
-                        service_type: service_type.clone(),
-                        stale_ms: None,
-                        instances,
-                        more,
-                    },
-                )?;
-                let mut skipped = 0usize;
-                registry.query_each(&service_type, |instance| {
-                    // Registration refuses any instance too large for a frame, so this
-                    // only happens if that check and this one ever disagree.
-                    if writer.push(&instance).is_err() {
-                        skipped += 1;
-                    }
-                });
-                writer.finish();
-                if skipped > 0 {
-                    warn!(
-                        skipped,
-                        service_type, "instances too large for a frame left out of a query answer"
-                    );
-                }
-                self.write_buf.extend_from_slice(&self.scratch);
+                let members = registry.members(&service_type);
+                let envelope = |instances, more| Response::Instances {
+                    service_type: service_type.clone(),
+                    stale_ms: None,
+                    instances,
+                    more,
+                };
+                self.stream_members(registry, request_id, members, max_frame_bytes, envelope)
+                    .await?;
                 Ok(true)
             }
             Answer::Types => {
-                self.scratch.clear();
-                let mut writer = ListWriter::new(
-                    &mut self.scratch,
-                    request_id,
-                    max_frame_bytes,
-                    |types, more| Response::Types { types, more },
-                )?;
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                let mut writer =
+                    ListWriter::new(&mut scratch, request_id, max_frame_bytes, |types, more| {
+                        Response::Types { types, more }
+                    })?;
                 for (service_type, instances) in registry.types() {
                     // Encodes as a `TypeCount`; a type is far shorter than a frame.
                     let count = u64::try_from(instances).unwrap_or(u64::MAX);
                     writer.push(&(service_type.as_str(), count))?;
+                    if writer.complete_len() >= self.flush_at {
+                        self.write_buf
+                            .extend_from_slice(writer.drain_complete().as_slice());
+                        self.flush().await?;
+                    }
                 }
                 writer.finish();
-                self.write_buf.extend_from_slice(&self.scratch);
+                self.write_buf.extend_from_slice(&scratch);
+                self.scratch = kept(scratch);
                 Ok(true)
             }
             Answer::Watch(subscription) => {
@@ -275,7 +273,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 };
                 match refusal {
                     Some(refusal) => self.push(&ServerFrame::new(request_id, refusal))?,
-                    None => self.open_watch(request_id, subscription, max_frame_bytes)?,
+                    None => {
+                        self.open_watch(registry, request_id, subscription, max_frame_bytes)
+                            .await?
+                    }
                 }
                 Ok(true)
             }
@@ -291,8 +292,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Sends how a watch starts (a snapshot, or the changes it missed) and keeps it open.
-    fn open_watch(
+    async fn open_watch(
         &mut self,
+        registry: &Registry,
         request_id: RequestId,
         mut subscription: Subscription,
         max_frame_bytes: usize,
@@ -300,29 +302,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match subscription.take_start() {
             Some(WatchStart::Snapshot {
                 revision,
-                instances,
+                members,
                 reset,
             }) => {
-                self.scratch.clear();
-                let mut writer = ListWriter::new(
-                    &mut self.scratch,
-                    request_id,
-                    max_frame_bytes,
-                    |instances, more| Response::Snapshot {
-                        revision,
-                        reset,
-                        instances,
-                        more,
-                    },
-                )?;
-                for instance in &instances {
-                    // As for a query: registration keeps every instance within a frame.
-                    if writer.push(&entry(instance)).is_err() {
-                        warn!(%instance.id, "instance too large for a frame left out of a snapshot");
-                    }
-                }
-                writer.finish();
-                self.write_buf.extend_from_slice(&self.scratch);
+                let envelope = |instances, more| Response::Snapshot {
+                    revision,
+                    reset,
+                    instances,
+                    more,
+                };
+                self.stream_members(registry, request_id, members, max_frame_bytes, envelope)
+                    .await?;
             }
             Some(WatchStart::Resume { since, missed }) => {
                 self.push(&ServerFrame::new(
@@ -331,6 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 ))?;
                 for change in missed {
                     self.push(&change_frame(request_id, &change))?;
+                    self.flush_if_full().await?;
                 }
             }
             None => {}
@@ -339,9 +330,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// Writes a list of instances (a query's answer, a watch's snapshot) in frames built by
+    /// `envelope`, reading the type's instances from `members` in batches (the lock is not
+    /// held between them) and writing out the whole frames gathered each time they reach
+    /// the flush threshold: however large the answer, the connection holds about twice
+    /// that threshold, plus the 4 bytes per instance of `members`.
+    async fn stream_members(
+        &mut self,
+        registry: &Registry,
+        request_id: RequestId,
+        mut members: Members,
+        max_frame_bytes: usize,
+        envelope: impl Fn(Vec<Entry>, bool) -> Response,
+    ) -> Result<(), Error> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut writer = ListWriter::new(&mut scratch, request_id, max_frame_bytes, envelope)?;
+        let flush_at = self.flush_at;
+        let mut skipped = 0usize;
+        loop {
+            let more = registry.visit(&mut members, |entry| {
+                // Registration refuses any instance too large for a frame, so this only
+                // happens if that check and this one ever disagree.
+                if writer.push(&entry).is_err() {
+                    skipped += 1;
+                }
+                if writer.complete_len() >= flush_at {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if writer.complete_len() >= flush_at {
+                self.write_buf
+                    .extend_from_slice(writer.drain_complete().as_slice());
+                self.flush().await?;
+            }
+            if !more {
+                break;
+            }
+        }
+        writer.finish();
+        self.write_buf.extend_from_slice(&scratch);
+        self.scratch = kept(scratch);
+        if skipped > 0 {
+            warn!(
+                skipped,
+                request_id, "instances too large for a frame left out of a list answer"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes out the gathered answers once they reach the flush threshold.
+    async fn flush_if_full(&mut self) -> Result<(), Error> {
+        if self.write_buf.len() >= self.flush_at {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back the memory of a write buffer that grew for a large answer, once it is
+    /// written out.
+    fn give_back(&mut self) {
+        if self.write_buf.is_empty() && self.write_buf.capacity() > KEEP_CAPACITY {
+            self.write_buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+
     /// Sends a change of an open watch; a watch that fell behind its queue is sent a reset
     /// snapshot instead of the changes it missed.
-    fn change(
+    async fn change(
         &mut self,
         registry: &Registry,
         id: RequestId,
@@ -357,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 };
                 let fresh = registry.resubscribe(&stale)?;
                 drop(stale);
-                self.open_watch(id, fresh, max_frame_bytes)
+                self.open_watch(registry, id, fresh, max_frame_bytes).await
             }
         }
     }
@@ -468,14 +527,13 @@ fn change_frame(id: RequestId, change: &Change) -> ServerFrame {
     ServerFrame::new(id, response)
 }
 
-/// An instance as an entry of a snapshot, whose frames say the type once.
-fn entry(instance: &Instance) -> EntryRef<'_> {
-    EntryRef {
-        id: instance.id,
-        ip: instance.ip,
-        port: instance.port,
-        metadata: &instance.metadata,
-        last_heartbeat_ms: instance.last_heartbeat.timestamp_millis(),
+/// `buffer` to keep for the next answer, or a new one if a large answer made it grow: the
+/// memory of a large answer is given back after it.
+fn kept(buffer: Vec<u8>) -> Vec<u8> {
+    if buffer.capacity() > KEEP_CAPACITY {
+        Vec::new()
+    } else {
+        buffer
     }
 }
 
