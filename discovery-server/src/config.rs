@@ -237,7 +237,7 @@ impl ServerConfig {
             max_connections_per_peer: None,
             max_watched_types: None,
             max_watch_bytes: None,
-            max_answer_buffer_bytes: None,
+            max_answer_buffer_bytes: Some(u64_of(self.max_answer_buffer_bytes)),
             max_registry_bytes: None,
             write_timeout: None,
             register_rate: None,
