@@ -728,3 +728,56 @@ async fn the_python_client_of_the_course_works_unchanged() {
     );
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_query_answer_longer_than_the_answer_buffer_is_refused_and_harms_no_one() {
+    let bound = discovery_server::config::MIN_ANSWER_BUFFER_BYTES;
+    let server = compat_server(ServerConfig {
+        max_answer_buffer_bytes: bound,
+        ..ServerConfig::default()
+    })
+    .await;
+    let addr = server.compat_addr();
+    // About 40 bytes an instance in the answer: 20,000 take it past the 512 KiB bound.
+    let live = register(addr, "small", 9000).await;
+    for n in 0..20_000u32 {
+        let ip = std::net::IpAddr::from((0x0a00_0000 + n).to_be_bytes());
+        server
+            .registry
+            .register_with_ttl(
+                "huge",
+                ip,
+                8080,
+                Default::default(),
+                Some(Duration::from_secs(3600)),
+            )
+            .expect("under the caps");
+    }
+    let answer = query(addr, "huge").await;
+    assert_eq!(answer.content_type, "text/plain");
+    assert_eq!(answer.content, discovery_server::compat::ERROR);
+    // Just under the bound, an answer is whole.
+    let fits = (bound - 8) / 40;
+    for n in 0..fits as u32 {
+        let ip = std::net::IpAddr::from((0x0b00_0000 + n).to_be_bytes());
+        server
+            .registry
+            .register_with_ttl(
+                "fits",
+                ip,
+                1,
+                Default::default(),
+                Some(Duration::from_secs(3600)),
+            )
+            .expect("under the caps");
+    }
+    assert_eq!(listed(addr, "fits").await.len(), fits);
+    // The server, its other listener and the instances are untouched.
+    assert_eq!(
+        listed(addr, "small").await,
+        [("127.0.0.1".to_string(), 9000)]
+    );
+    assert_eq!(heartbeat(addr, &live.to_string()).await.content, "OK");
+    assert_eq!(server.registry.query("huge").len(), 20_000);
+    server.stop().await;
+}

@@ -175,7 +175,11 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         frame_timeout: config.frame_timeout,
     };
     let answer = match incoming.read_message(max_frame_bytes, shutdown).await? {
-        Read::Message(content) => handle(&context.registry, &content),
+        Read::Message(content) => handle(
+            &context.registry,
+            &content,
+            context.config.max_answer_buffer_bytes,
+        ),
         Read::Refused(why) => Err(why),
         Read::Shutdown => Err("the server is shutting down".to_owned()),
         Read::Closed(why) => {

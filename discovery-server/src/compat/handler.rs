@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 
-use discovery_registry::{Instance, Metadata, Registry};
+use discovery_registry::{Metadata, Registry};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -14,8 +15,14 @@ use super::message::{NOT_FOUND, OK, Reply};
 /// an answer, with no I/O.
 ///
 /// `Err(why)` is answered [`ERROR`](super::ERROR); `why` is for the logs. Registers are
-/// checked by the registry's rules, as the binary protocol's are.
-pub fn handle(registry: &Registry, content: &[u8]) -> Result<Reply, String> {
+/// checked by the registry's rules, as the binary protocol's are. An answer is one message
+/// whose length comes first, so it cannot be streamed: a query whose answer would be
+/// longer than `max_answer_bytes` (the server's `--max-answer-buffer-bytes`) is refused.
+pub fn handle(
+    registry: &Registry,
+    content: &[u8],
+    max_answer_bytes: usize,
+) -> Result<Reply, String> {
     let value: Value =
         serde_json::from_slice(content).map_err(|e| format!("the content is not JSON: {e}"))?;
     let Value::Object(fields) = value else {
@@ -51,7 +58,7 @@ pub fn handle(registry: &Registry, content: &[u8]) -> Result<Reply, String> {
         }
         "query" => {
             let service_type = text(&fields, "type")?;
-            Ok(Reply::Json(query_content(&registry.query(service_type))))
+            query_content(registry, service_type, max_answer_bytes).map(Reply::Json)
         }
         other => Err(format!("unknown action {other:?}")),
     }
@@ -70,20 +77,42 @@ fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Result<&'a str, String
 /// `{"ip": ..., "port": ...}` objects, both written as Python's `json.dumps` writes them.
 ///
 /// The inner text holds only ASCII digits, letters, dots and colons besides its own
-/// punctuation, so escaping its quotes is all the outer encoding does, as in Python.
-fn query_content(instances: &[Instance]) -> String {
-    let mut list = String::from("[");
-    for (i, instance) in instances.iter().enumerate() {
-        if i > 0 {
-            list.push_str(", ");
+/// punctuation, so escaping its quotes is all the outer encoding does, as in Python: the
+/// content is written escaped, straight from the registry's batches, and refused once it
+/// is longer than `max_bytes`.
+fn query_content(
+    registry: &Registry,
+    service_type: &str,
+    max_bytes: usize,
+) -> Result<String, String> {
+    let mut content = String::from("\"[");
+    let mut members = registry.members(service_type);
+    let mut first = true;
+    let mut too_long = false;
+    while registry.visit(&mut members, |entry| {
+        if !first {
+            content.push_str(", ");
         }
+        first = false;
         // Writing to a String cannot fail.
         let _ = write!(
-            list,
-            r#"{{"ip": "{}", "port": {}}}"#,
-            instance.ip, instance.port
+            content,
+            r#"{{\"ip\": \"{}\", \"port\": {}}}"#,
+            entry.ip, entry.port
         );
+        too_long = content.len() > max_bytes;
+        if too_long {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }) && !too_long
+    {}
+    content.push_str("]\"");
+    if too_long || content.len() > max_bytes {
+        return Err(format!(
+            "the answer to a query of {service_type:?} is longer than the server's answer buffer ({max_bytes} bytes); the binary protocol streams it"
+        ));
     }
-    list.push(']');
-    Value::String(list).to_string()
+    Ok(content)
 }
