@@ -152,7 +152,7 @@ mod tests {
     }
 
     fn call(registry: &Registry, content: &str) -> Result<Reply, String> {
-        handle(registry, content.as_bytes())
+        handle(registry, content.as_bytes(), 1 << 20)
     }
 
     #[tokio::test]
