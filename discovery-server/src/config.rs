@@ -236,7 +236,7 @@ impl ServerConfig {
             max_watched_types: None,
             max_watch_bytes: None,
             max_answer_buffer_bytes: None,
-            max_registry_bytes: None,
+            max_registry_bytes: Some(u64_of(registry.max_registry_bytes)),
             write_timeout: None,
             register_rate: None,
             register_burst: None,
