@@ -36,6 +36,13 @@ pub enum Error {
         /// The limit in force.
         max: usize,
     },
+    /// The registry's instances and their metadata take as many bytes of memory as they
+    /// may (see [`RegistryConfig::max_registry_bytes`](crate::RegistryConfig::max_registry_bytes)).
+    #[error("the registry's instances take their maximum of {max} bytes of memory")]
+    RegistryBytesLimit {
+        /// The limit in force, in bytes.
+        max: usize,
+    },
     /// A register asked for a TTL outside the bounds of the configuration.
     #[error("ttl {} is outside {}..{}", shown(.requested), shown(.min), shown(.max))]
     InvalidTtl {
@@ -84,6 +91,7 @@ impl Error {
             Error::InvalidMetadata(_) => ErrorKind::InvalidMetadata,
             Error::InstanceLimit { .. } => ErrorKind::InstanceLimit,
             Error::TypeLimit { .. } => ErrorKind::TypeLimit,
+            Error::RegistryBytesLimit { .. } => ErrorKind::RegistryBytesLimit,
             Error::InvalidTtl { .. } => ErrorKind::InvalidTtl,
             // A frontend answers `NotFound` for it, never an error; a configuration error
             // never reaches a client.

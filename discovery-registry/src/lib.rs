@@ -23,8 +23,8 @@
 //! | [`error`] | [`Error`], why a change or a configuration was refused |
 //!
 //! Arrows point one way: `registry` → `members`, `subscription`, `expiry`, `state`, `rules`;
-//! `state` → `table`, `feed`, `removals`, `clock`; `feed` → `members`; `table` → `deadlines`; `removals` →
-//! `clock`.
+//! `state` → `table`, `feed`, `removals`, `clock`, `footprint`; `feed` → `members`; `table` →
+//! `deadlines`, `footprint`; `deadlines` → `footprint`; `removals` → `clock`.
 
 pub mod config;
 pub mod error;
@@ -36,10 +36,6 @@ pub mod subscription;
 mod clock;
 mod deadlines;
 mod expiry;
-#[allow(
-    dead_code,
-    reason = "the byte bounds that use it land in the next commits"
-)]
 mod footprint;
 mod removals;
 mod rules;

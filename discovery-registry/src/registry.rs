@@ -34,7 +34,19 @@
 //! The caps count live instances only. Expired entries that the task has not freed yet are
 //! freed by a register that would otherwise be refused, before it decides (in bounded
 //! batches, letting others in between them); a register that replaces an entry of the same
-//! endpoint never grows the count and is never refused by the caps.
+//! endpoint never grows the count and is never refused by the caps on instances.
+//!
+//! The bytes the entries take in memory are bounded too
+//! ([`RegistryConfig::max_registry_bytes`]), counted as the allocator spends them: each
+//! entry's share of the slab and the indexes (counted at twice what they use, as containers
+//! that grow by doubling may hold), its metadata's box, nodes and strings, each type's
+//! interned name and lists, and the deadline index as it stands. A register or an update
+//! that would take the total over is refused with [`Error::RegistryBytesLimit`]; a
+//! replacement counts only what it adds to the entry it replaces. What a register counts
+//! is an upper bound of what the heap grows by, within a factor of two
+//! (`tests/registry_bytes.rs` measures both with a counting allocator). Changes from
+//! elsewhere ([`Registry::upsert`]) are never refused by the caps, bytes included: a
+//! replica must hold what exists; they count in the total all the same.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -166,7 +178,9 @@ impl Registry {
     /// or a limit of the configuration (an instance too large for one frame of a query
     /// answer among them); [`Error::InstanceLimit`] or [`Error::TypeLimit`] when the
     /// registry or the type already holds its maximum of live instances (never for a
-    /// replacement).
+    /// replacement); [`Error::RegistryBytesLimit`] when the instance would take the
+    /// registry's memory over its byte bound (for a replacement, when what it adds to the
+    /// entry it replaces would).
     pub fn register_with_ttl(
         &self,
         service_type: &str,
@@ -189,12 +203,11 @@ impl Registry {
 
         // At a cap, free what is due first (in batches), then decide on what is left.
         let mut state = expiry::until(&self.core, now, |state| {
-            state.table.find_endpoint(service_type, ip, port).is_some()
-                || state.refusal(service_type, config).is_none()
+            state
+                .refusal(service_type, ip, port, &metadata, config)
+                .is_none()
         });
-        if state.table.find_endpoint(service_type, ip, port).is_none()
-            && let Some(refusal) = state.refusal(service_type, config)
-        {
+        if let Some(refusal) = state.refusal(service_type, ip, port, &metadata, config) {
             return Err(refusal);
         }
         let (_, revision) = state.insert(
@@ -279,8 +292,10 @@ impl Registry {
     /// [`Error::NotFound`] when the id is unknown or the instance has expired, with the
     /// reason it went while that is remembered; [`Error::InvalidMetadata`] when the
     /// metadata breaks a limit of a register's (the size of the instance in one frame of a
-    /// query answer among them). The instance is left as it was (an expired one found is
-    /// freed, as the expiry task would).
+    /// query answer among them); [`Error::RegistryBytesLimit`] when the new metadata takes
+    /// more memory than the old and that would take the registry over its byte bound. The
+    /// instance is left as it was (an expired one found is freed, as the expiry task
+    /// would).
     pub fn update(&self, id: Uuid, metadata: Metadata) -> Result<Revision, Error> {
         let clock = self.core.clock;
         let now = clock.now();
@@ -305,6 +320,9 @@ impl Registry {
         )?;
         if *slot.metadata() == metadata {
             return Ok(state.feeds.latest());
+        }
+        if let Some(refusal) = state.update_refusal(index, &metadata, &self.core.config) {
+            return Err(refusal);
         }
         Ok(state.update(&clock, index, metadata))
     }
@@ -343,8 +361,10 @@ impl Registry {
     }
 
     /// Adds or updates an instance learned from elsewhere (a store that replicates the
-    /// catalogue), under the id it has there, with every rule of a register but the caps:
-    /// a replica must hold what exists, or it would answer differently from its peers.
+    /// catalogue), under the id it has there, with every rule of a register but the caps
+    /// (on instances and on bytes): a replica must hold what exists, or it would answer
+    /// differently from its peers. What it holds counts in [`Registry::registry_bytes`]
+    /// all the same, so registers and updates are refused while the total is over.
     ///
     /// - An unknown id is added, replacing the entry of the same endpoint if there is one,
     ///   as a register does.
@@ -713,6 +733,21 @@ impl Registry {
     /// yet still counts, so this shows when memory is freed rather than what is live.
     pub fn len(&self) -> usize {
         self.core.lock().table.len()
+    }
+
+    /// What the entries take in memory, in bytes, as the byte bound counts it
+    /// ([`RegistryConfig::max_registry_bytes`]): an upper bound of the heap they hold. An
+    /// expired entry the expiry task has not freed yet still counts, as for
+    /// [`Registry::len`].
+    pub fn registry_bytes(&self) -> usize {
+        self.core.lock().table.bytes()
+    }
+
+    /// How many references the deadline index holds, to live entries and stale ones (of
+    /// entries deregistered or replaced since they were filed, which a sweep forgets once
+    /// they outnumber the live ones): for tests and measurements of its memory.
+    pub fn deadline_references(&self) -> usize {
+        self.core.lock().table.deadline_references()
     }
 
     /// True when no entry is held in memory (see [`Registry::len`]).

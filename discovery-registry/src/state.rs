@@ -9,6 +9,7 @@
 //! remembered there too, with its reason, so that a later call about the id can be told why
 //! it is gone.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use crate::clock::{Clock, Nanos};
 use crate::config::MAX_TTL;
 use crate::error::Error;
 use crate::feed::{ChangeEvent, Feeds};
+use crate::footprint;
 use crate::removals::Removals;
-use crate::table::{Due, NewEntry, Removed, Slot, Table};
+use crate::table::{Due, NewEntry, Removed, SWEEP_STEP, Slot, Table, Timing};
 
 /// `ttl` in nanoseconds, cut to [`MAX_TTL`], so that a deadline in nanoseconds since the
 /// epoch can never overflow (a century is forever to a registry): a configuration that was
@@ -110,9 +112,45 @@ pub(crate) enum Expiry {
 }
 
 impl State {
-    /// Why a register of a new endpoint of `service_type` would be refused by the caps,
-    /// counting every entry held (live or not yet freed).
-    pub(crate) fn refusal(&self, service_type: &str, config: &RegistryConfig) -> Option<Error> {
+    /// Why a register of (`service_type`, `ip`, `port`) with `metadata` would be refused by
+    /// the caps, counting every entry held (live or not yet freed). One that replaces the
+    /// entry of its endpoint is never refused by the caps on instances, and by the byte
+    /// bound only when what it adds to the entry it replaces would go over.
+    pub(crate) fn refusal(
+        &self,
+        service_type: &str,
+        ip: IpAddr,
+        port: u16,
+        metadata: &Metadata,
+        config: &RegistryConfig,
+    ) -> Option<Error> {
+        let replaced = self.table.find_endpoint(service_type, ip, port);
+        let (taken, added) = match replaced {
+            // The old entry's reference in the deadline index stays until it is swept,
+            // and the new one's is not counted: a replacement counts its difference.
+            Some(old) => (
+                self.table.cost_of(old),
+                self.table.cost_of_new(service_type, metadata, Timing::Held),
+            ),
+            None => (
+                0,
+                self.table
+                    .cost_of_new(service_type, metadata, Timing::Timed),
+            ),
+        };
+        let bytes = self
+            .table
+            .bytes()
+            .saturating_sub(taken)
+            .saturating_add(added);
+        if added > taken && bytes > config.max_registry_bytes {
+            return Some(Error::RegistryBytesLimit {
+                max: config.max_registry_bytes,
+            });
+        }
+        if replaced.is_some() {
+            return None;
+        }
         if self.table.len() >= config.max_instances {
             return Some(Error::InstanceLimit {
                 max: config.max_instances,
@@ -125,6 +163,22 @@ impl State {
             });
         }
         None
+    }
+
+    /// Why an update of the entry of slot `index` to `metadata` would be refused: when
+    /// what the new metadata adds to the old would take the registry over its byte bound.
+    pub(crate) fn update_refusal(
+        &self,
+        index: u32,
+        metadata: &Metadata,
+        config: &RegistryConfig,
+    ) -> Option<Error> {
+        let old = footprint::entry_metadata(self.table.slot(index).metadata());
+        let new = footprint::entry_metadata(metadata);
+        let bytes = self.table.bytes().saturating_sub(old).saturating_add(new);
+        (new > old && bytes > config.max_registry_bytes).then_some(Error::RegistryBytesLimit {
+            max: config.max_registry_bytes,
+        })
     }
 
     /// Adds an entry at `now`, replacing the entry of the same endpoint if there is one,
@@ -172,6 +226,9 @@ impl State {
         reason: RemoveReason,
     ) -> Revision {
         let removed = self.table.remove(index);
+        // Its reference in the deadline index is stale now: sweep a few, when stale ones
+        // outnumber the live.
+        self.table.forget_stale(SWEEP_STEP);
         self.removals.record(now, removed.id, reason);
         publish_removed(&mut self.feeds, clock, removed, reason)
     }

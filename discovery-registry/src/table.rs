@@ -15,6 +15,11 @@
 //!   query visits only that type.
 //! - `deadlines`: the deadline index (the `deadlines` module), which the expiry pass walks.
 //!
+//! What the entries cost in memory is kept as a running total, counted as the allocator
+//! spends it (the `footprint` module): every entry's share of the slab and the indexes and
+//! its metadata, every type's interned name and lists, and the deadline index as it is.
+//! The registry refuses what would take it over its byte bound.
+//!
 //! An entry is either *timed* here (it lives until its deadline, and is filed in the
 //! deadline index) or *held* (it was learned from elsewhere, lives until it is removed, and
 //! is not filed; its deadline field keeps the wall-clock time it shows, see
@@ -30,6 +35,19 @@ use uuid::Uuid;
 
 use crate::clock::Nanos;
 use crate::deadlines::Deadlines;
+use crate::footprint;
+
+/// What every entry costs besides its metadata (see [`footprint::entry`]).
+const ENTRY_BYTES: usize = footprint::entry(std::mem::size_of::<Slot>());
+
+/// How many references of the deadline index each removal sweeps, once stale references
+/// outnumber live ones: more than the one reference a removal makes stale, so that a
+/// sweep gains on them, and few enough to cost a deregister next to nothing.
+pub(crate) const SWEEP_STEP: usize = 16;
+
+/// The stale references the deadline index may hold before a sweep, however few entries
+/// are live: sweeping a tiny index would be all overhead.
+const SWEEP_FLOOR: usize = 64;
 
 /// The slot number that means "none" in the free list.
 const NO_SLOT: u32 = u32::MAX;
@@ -214,6 +232,10 @@ pub(crate) struct Table {
     /// The name of a free type: one allocation shared by all of them.
     unnamed: Arc<str>,
     deadlines: Deadlines,
+    /// The entries held (not timed here, so not in the deadline index).
+    held: usize,
+    /// What the entries and the types cost in memory, besides the deadline index.
+    bytes: usize,
 }
 
 fn id_hash(id: &Uuid) -> u64 {
@@ -237,12 +259,53 @@ impl Table {
             free_types: Vec::new(),
             unnamed: Arc::from(""),
             deadlines: Deadlines::default(),
+            held: 0,
+            bytes: 0,
         }
     }
 
     /// The number of entries held.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// What the entries, their types and the deadline index take in memory, in bytes,
+    /// counted as the allocator spends them: an upper bound of what they really take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.saturating_add(self.deadlines.bytes())
+    }
+
+    /// The most that adding an entry of `service_type` with `metadata` can add to
+    /// [`Table::bytes`]: the entry, its type's costs if it is the first of it, and its
+    /// reference in the deadline index when it is `timed`.
+    pub(crate) fn cost_of_new(
+        &self,
+        service_type: &str,
+        metadata: &Metadata,
+        timing: Timing,
+    ) -> usize {
+        let service_type = if self.type_index.contains_key(service_type) {
+            0
+        } else {
+            footprint::service_type(service_type)
+        };
+        let filed = match timing {
+            Timing::Timed => footprint::one_more_reference(),
+            Timing::Held => 0,
+        };
+        ENTRY_BYTES + footprint::entry_metadata(metadata) + service_type + filed
+    }
+
+    /// What removing the entry of slot `index` takes off [`Table::bytes`] at least: the
+    /// entry and its metadata (its type stays while another entry has it, and its
+    /// reference in the deadline index until it is swept).
+    pub(crate) fn cost_of(&self, index: u32) -> usize {
+        ENTRY_BYTES + footprint::entry_metadata(self.slot(index).metadata())
+    }
+
+    /// The references the deadline index holds, live or stale.
+    pub(crate) fn deadline_references(&self) -> usize {
+        self.deadlines.len()
     }
 
     pub(crate) fn slot(&self, index: u32) -> &Slot {
@@ -319,6 +382,12 @@ impl Table {
             timing,
         } = entry;
         let type_index = self.intern(service_type);
+        self.bytes = self
+            .bytes
+            .saturating_add(ENTRY_BYTES + footprint::entry_metadata(&metadata));
+        if timing == Timing::Held {
+            self.held += 1;
+        }
         let endpoint = Endpoint::new(type_index, ip, port);
         let members = &mut self.types[type_index as usize].members;
         let position = members.len() as u32;
@@ -376,11 +445,14 @@ impl Table {
                 slot.flags |= HELD;
                 if !was_held {
                     slot.generation = slot.generation.wrapping_add(1);
+                    self.held += 1;
+                    self.forget_stale(SWEEP_STEP);
                 }
             }
             Timing::Timed => {
                 slot.flags &= !HELD;
                 if was_held {
+                    self.held -= 1;
                     self.file(index, deadline);
                 }
             }
@@ -389,7 +461,29 @@ impl Table {
 
     /// Replaces an entry's metadata; no index depends on it.
     pub(crate) fn set_metadata(&mut self, index: u32, metadata: Metadata) {
-        self.slots[index as usize].metadata = (!metadata.is_empty()).then(|| Box::new(metadata));
+        let added = footprint::entry_metadata(&metadata);
+        let slot = &mut self.slots[index as usize];
+        let taken = footprint::entry_metadata(slot.metadata());
+        slot.metadata = (!metadata.is_empty()).then(|| Box::new(metadata));
+        self.bytes = self.bytes.saturating_sub(taken).saturating_add(added);
+    }
+
+    /// Carries on, or starts once stale references outnumber live ones, the sweep of the
+    /// deadline index, by up to `budget` references.
+    pub(crate) fn forget_stale(&mut self, budget: usize) {
+        if !self.deadlines.sweeping() {
+            let live = self.len - self.held;
+            let stale = self.deadlines.len().saturating_sub(live);
+            if stale <= live.max(SWEEP_FLOOR) {
+                return;
+            }
+            self.deadlines.start_sweep();
+        }
+        let slots = &self.slots;
+        self.deadlines.sweep(budget, |(index, generation)| {
+            let slot = &slots[index as usize];
+            slot.is_occupied() && slot.generation == generation && !slot.is_held()
+        });
     }
 
     /// Every type with entries (live or not yet freed), and how many it has.
@@ -419,10 +513,16 @@ impl Table {
         if let Some(&moved) = members.get(position as usize) {
             self.slots[moved as usize].position = position;
         }
+        // A type that was large gives back what its list no longer needs.
+        if members.capacity() > 4 * members.len().max(4) {
+            members.shrink_to(2 * members.len());
+        }
         let service_type = self.type_name(&self.slots[index as usize]).clone();
         if self.types[type_index as usize].members.is_empty() {
             self.forget_type(type_index);
         }
+        let taken = ENTRY_BYTES + footprint::entry_metadata(self.slots[index as usize].metadata());
+        self.bytes = self.bytes.saturating_sub(taken);
 
         let slot = &mut self.slots[index as usize];
         let removed = Removed {
@@ -435,6 +535,9 @@ impl Table {
             ttl: slot.ttl,
             held: slot.is_held(),
         };
+        if removed.held {
+            self.held -= 1;
+        }
         slot.flags &= !OCCUPIED;
         slot.generation = slot.generation.wrapping_add(1);
         slot.position = self.free;
@@ -501,6 +604,9 @@ impl Table {
             return index;
         }
         let name: Arc<str> = Arc::from(service_type);
+        self.bytes = self
+            .bytes
+            .saturating_add(footprint::service_type(service_type));
         let index = match self.free_types.pop() {
             Some(index) => {
                 self.types[index as usize].name = Arc::clone(&name);
@@ -521,6 +627,9 @@ impl Table {
     fn forget_type(&mut self, index: u32) {
         let entry = &mut self.types[index as usize];
         self.type_index.remove(&entry.name);
+        self.bytes = self
+            .bytes
+            .saturating_sub(footprint::service_type(&entry.name));
         // Give the memory back: a long name, and the list of a type that was large.
         entry.name = Arc::clone(&self.unnamed);
         entry.members = Vec::new();
@@ -565,6 +674,21 @@ impl Table {
         }
         let live_types = self.types.iter().filter(|t| !t.members.is_empty()).count();
         assert_eq!(self.type_index.len(), live_types);
+        let held = occupied
+            .iter()
+            .filter(|&&i| self.slots[i as usize].is_held())
+            .count();
+        assert_eq!(self.held, held, "held entries counted");
+        let bytes: usize = occupied
+            .iter()
+            .map(|&i| ENTRY_BYTES + footprint::entry_metadata(self.slots[i as usize].metadata()))
+            .chain(
+                self.type_index
+                    .keys()
+                    .map(|name| footprint::service_type(name)),
+            )
+            .sum();
+        assert_eq!(self.bytes, bytes, "the running total of bytes is exact");
     }
 
     /// The number of slots, occupied or free (for tests).

@@ -238,7 +238,7 @@ impl ServerConfig {
             max_watched_types: None,
             max_watch_bytes: None,
             max_answer_buffer_bytes: Some(u64_of(self.max_answer_buffer_bytes)),
-            max_registry_bytes: None,
+            max_registry_bytes: Some(u64_of(registry.max_registry_bytes)),
             write_timeout: None,
             register_rate: None,
             register_burst: None,

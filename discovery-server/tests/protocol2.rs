@@ -115,8 +115,8 @@ async fn welcome_announces_the_ttl_bounds_and_timeouts() {
     assert_eq!(frame_timeout, Duration::from_secs(7));
     assert_eq!(limits.max_watches_per_connection, 5);
     assert_eq!(limits.max_connections, 10_000);
-    // Bounds this server does not enforce are announced as off.
-    assert_eq!(limits.max_registry_bytes, None);
+    // A bound always in force is announced; one off by default is announced as off.
+    assert_eq!(limits.max_registry_bytes, Some(1 << 30));
     assert_eq!(limits.register_rate, None);
     server.stop().await;
 }
