@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
 
+use tokio::sync::Notify;
 use tracing::debug;
 
 /// How many spare descriptors the accept loops hold: as many connections past the
@@ -99,6 +100,9 @@ pub struct Spares {
     /// there are no spares, and a connection past the limit waits in the backlog).
     null: Option<File>,
     spares: Mutex<Vec<OwnedFd>>,
+    /// Told each time a refused socket becomes a spare again, so that an accept loop
+    /// waiting for descriptors tries again at once instead of at the end of its backoff.
+    returned: Notify,
 }
 
 impl Spares {
@@ -110,6 +114,7 @@ impl Spares {
         let spares = Spares {
             null,
             spares: Mutex::new(Vec::with_capacity(SPARES)),
+            returned: Notify::new(),
         };
         spares.refill();
         spares
@@ -140,7 +145,15 @@ impl Spares {
         let mut spares = self.lock();
         if spares.len() < SPARES && rustix::io::dup2(null, &mut socket).is_ok() {
             spares.push(socket);
+            drop(spares);
+            self.returned.notify_one();
         }
+    }
+
+    /// Waits until a spare is given back by [`Spares::recycle`] (at once if one was since
+    /// the last wait).
+    pub async fn returned(&self) {
+        self.returned.notified().await;
     }
 
     /// How many spares are held now.
@@ -177,6 +190,12 @@ mod tests {
             SPARES,
             "the socket's descriptor is a spare now"
         );
+        use futures_util::FutureExt;
+        assert!(
+            spares.returned().now_or_never().is_some(),
+            "a loop waiting for a spare is told"
+        );
+        assert!(spares.returned().now_or_never().is_none(), "once");
         // A full set takes no more: the socket is only closed.
         let other = OwnedFd::from(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
         spares.recycle(other);

@@ -252,6 +252,7 @@ async fn accept_loop<F: Frontend>(
                 };
                 match retried {
                     Ok((stream, peer)) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
                         debug!(%peer, protocol, "no descriptor left; refusing the connection");
                         refuse(&frontend, stream, peer, serving, Refusal::NoDescriptors);
                     }
@@ -264,9 +265,13 @@ async fn accept_loop<F: Frontend>(
             }
             Err(e) if is_transient(&e) => {
                 warn!(error = %e, pause = ?backoff, protocol, "accept failed; pausing");
+                // Out of descriptors with every spare lent to a refusal: the first spare
+                // back ends the pause, so that the connections waiting are refused in
+                // turn rather than one backoff apart.
                 tokio::select! {
                     _ = serving.stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
+                    () = serving.spares.returned(), if descriptors::is_exhausted(&e) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 serving.spares.refill();

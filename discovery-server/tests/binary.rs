@@ -353,3 +353,46 @@ async fn at_most_max_refusals_are_in_flight() {
     assert!(refused >= 1 && refused <= flood, "{refused}");
     assert_eq!(open.call(Request::Ping).await, Response::Pong);
 }
+
+/// The measurement of `docs/RELIABILITY.md` (Bounds), not part of the suite: the
+/// situation of issue 15, finding 4, at its scale (a soft limit of 1,024, the default cap
+/// of 10,000). Run it on a release build:
+/// `cargo test --release -p discovery-server --test binary -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement; run by hand on a release build"]
+async fn measure_connections_past_a_limit_of_1024_descriptors() {
+    let process = Logged::start(
+        "prlimit",
+        &["--nofile=1024:1024", BIN, "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    let mut open = Vec::new();
+    loop {
+        let (wire, frame) = say_hello(process.addr).await;
+        if is_too_many(&frame) {
+            break;
+        }
+        open.push(wire);
+    }
+    let started = tokio::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..1000 {
+        let asked = tokio::time::Instant::now();
+        let (mut wire, frame) = say_hello(process.addr).await;
+        assert!(is_too_many(&frame), "{frame:?}");
+        assert!(wire.recv().await.is_none());
+        slowest = slowest.max(asked.elapsed());
+    }
+    let took = started.elapsed();
+    for wire in &mut open {
+        assert_eq!(wire.call(Request::Ping).await, Response::Pong);
+    }
+    let warning = process.logs();
+    let warning = warning.lines().find(|line| line.contains("open-files"));
+    eprintln!(
+        "{} connections welcomed; 1000 more refused with a frame in {took:.2?} \
+         (the slowest in {slowest:.2?}); the {} open ones all answered Ping; {warning:?}",
+        open.len(),
+        open.len()
+    );
+}

@@ -16,7 +16,7 @@ use discovery_proto::{
     ServerFrame, encoding,
 };
 use discovery_server::ServerConfig;
-use discovery_test_support::server::Options;
+use discovery_test_support::server::{Options, config_with_ttl};
 use discovery_test_support::wire::register;
 use discovery_test_support::{PATIENCE, TestServer, Wire, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +51,7 @@ fn error_kind(response: &Response) -> ErrorKind {
 
 /// Registers `count` instances of [`BIG`] in the registry directly (no wire needed), each
 /// with `value_bytes` of metadata, so that a query answers about `count * value_bytes`.
+/// They get no heartbeats: the server's TTL must outlast the test.
 fn fill_big(server: &TestServer, count: u16, value_bytes: usize) {
     for port in 1..=count {
         let metadata = Metadata::from([("v".to_owned(), "x".repeat(value_bytes))]);
@@ -71,10 +72,18 @@ struct Reader {
 
 impl Reader {
     async fn query_big(addr: SocketAddr) -> Reader {
+        Self::query_big_with(addr, Some(16 * 1024)).await
+    }
+
+    /// [`Reader::query_big`] with a receive buffer of `recv_buffer` bytes (the system's
+    /// default when `None`).
+    async fn query_big_with(addr: SocketAddr, recv_buffer: Option<u32>) -> Reader {
         let socket = TcpSocket::new_v4().expect("a socket");
         // Small, so that the kernel holds little of the answer and the server's writes wait
         // for this reader.
-        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
         let mut stream = socket.connect(addr).await.expect("connect");
         let mut bytes = frame(1, hello());
         bytes.extend(frame(
@@ -149,7 +158,7 @@ async fn a_slow_steady_reader_gets_all_of_a_large_answer() {
         write_timeout,
         // Far shorter than the whole answer takes: it bounds reading a frame, never writing.
         frame_timeout: Duration::from_millis(200),
-        ..ServerConfig::default()
+        ..config_with_ttl(Duration::from_secs(600))
     })
     .await;
     fill_big(&server, COUNT, 400);
@@ -187,7 +196,7 @@ async fn a_reader_that_stops_is_cut_off_and_no_one_else_is() {
     let server = TestServer::with_config(ServerConfig {
         write_timeout,
         max_connections: 2,
-        ..ServerConfig::default()
+        ..config_with_ttl(Duration::from_secs(600))
     })
     .await;
     fill_big(&server, COUNT, 400);
@@ -552,5 +561,62 @@ async fn compat_registers_past_the_burst_are_answered_error_per_peer() {
     .await;
     assert_eq!(again.len(), 36);
     drop(wire);
+    server.stop().await;
+}
+
+/// The measurement of `docs/RELIABILITY.md` (Bounds), not part of the suite: a reader at
+/// about 0.8 MB/s of a 26 MB answer with the default timeouts (issue 15, finding 5: it got
+/// EOF after 11 MB), then a reader as fast as it can. Run it on a release build:
+/// `cargo test --release -p discovery-server --test connection_bounds -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of about 40 s; run by hand on a release build"]
+async fn measure_a_slow_reader_of_a_26_mb_answer() {
+    const COUNT: u32 = 100_000;
+    // Instances registered behind the server's back get no heartbeats: a long TTL keeps
+    // them for both readers.
+    let server = TestServer::with_config(config_with_ttl(Duration::from_secs(3600))).await;
+    for n in 0..COUNT {
+        let metadata = Metadata::from([("v".to_owned(), "x".repeat(222))]);
+        let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n / 60_000));
+        let port = u16::try_from(1 + n % 60_000).expect("a port");
+        server
+            .registry
+            .register(BIG, ip, port, metadata)
+            .expect("registered");
+    }
+    for (label, chunk, pause, recv_buffer) in [
+        ("slow", 8 * 1024, Duration::from_millis(10), Some(16 * 1024)),
+        (
+            "fast, 16 KiB SO_RCVBUF",
+            1 << 20,
+            Duration::ZERO,
+            Some(16 * 1024),
+        ),
+        ("fast, default SO_RCVBUF", 1 << 20, Duration::ZERO, None),
+    ] {
+        let mut reader = Reader::query_big_with(server.addr, recv_buffer).await;
+        let mut answer = Answer::default();
+        let started = Instant::now();
+        let mut bytes = 0usize;
+        while !answer.done {
+            let before = reader.buf.len();
+            assert!(
+                reader.read_some(chunk).await,
+                "{label}: cut off after {bytes} bytes"
+            );
+            bytes += reader.buf.len() - before;
+            answer.take(reader.frames());
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "{label}: {} instances, {bytes} bytes in {took:.1?} ({:.2} MB/s)",
+            answer.instances,
+            bytes as f64 / took.as_secs_f64() / 1e6
+        );
+        assert_eq!(answer.instances, COUNT as usize);
+    }
     server.stop().await;
 }
