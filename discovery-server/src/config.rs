@@ -234,14 +234,14 @@ impl ServerConfig {
             max_metadata_value_bytes: u32_of(registry.max_metadata_value_bytes),
             max_connections: u64_of(self.max_connections),
             max_watches_per_connection: u32_of(self.max_watches_per_connection),
-            max_connections_per_peer: None,
+            max_connections_per_peer: self.max_connections_per_peer.map(u32_of),
             max_watched_types: None,
             max_watch_bytes: None,
             max_answer_buffer_bytes: Some(u64_of(self.max_answer_buffer_bytes)),
             max_registry_bytes: Some(u64_of(registry.max_registry_bytes)),
-            write_timeout: None,
-            register_rate: None,
-            register_burst: None,
+            write_timeout: Some(self.write_timeout),
+            register_rate: self.register_bucket().map(|(rate, _)| rate),
+            register_burst: self.register_bucket().map(|(_, burst)| burst),
         }
     }
 }

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Buf;
+use discovery_proto::ErrorKind;
 use discovery_registry::Registry;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -64,9 +66,80 @@ pub trait Frontend: Send + Sync + 'static {
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Tells a connection over the cap that it is refused, in the protocol's own words,
-    /// and closes it, within about [`LINGER`] in all.
-    fn refuse<S: Stream>(&self, stream: S, context: &Context) -> impl Future<Output = ()> + Send;
+    /// Tells a connection that it is refused, and why, in the protocol's own words, and
+    /// closes it, within about [`LINGER`] in all. The stream is lent, not given: the accept
+    /// loop may turn its descriptor into a spare afterwards ([`crate::descriptors`]).
+    fn refuse<S: Stream>(
+        &self,
+        stream: &mut S,
+        context: &Context,
+        refusal: Refusal,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Why the accept loop turns a connection away before serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server has its maximum of connections (`max_connections`).
+    Full,
+    /// The peer has its maximum of connections (`max_connections_per_peer`).
+    PeerFull,
+    /// The process has no file descriptor left for another connection: the connection was
+    /// taken with a spare one only to be told so.
+    NoDescriptors,
+}
+
+impl Refusal {
+    /// The error kind a binary client is told.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            Refusal::Full | Refusal::NoDescriptors => ErrorKind::TooManyConnections,
+            Refusal::PeerFull => ErrorKind::PeerConnectionLimit,
+        }
+    }
+
+    /// The message that goes with it, naming the limit that was hit.
+    pub fn message(self, config: &ServerConfig) -> String {
+        match self {
+            Refusal::Full => format!(
+                "the server has its maximum of {} connections",
+                config.max_connections
+            ),
+            Refusal::PeerFull => format!(
+                "the server has its maximum of {} connections from this address",
+                config.max_connections_per_peer.unwrap_or(0)
+            ),
+            Refusal::NoDescriptors => {
+                "the server has no file descriptor left for another connection".to_owned()
+            }
+        }
+    }
+}
+
+/// Writes all of `buf`, cutting the connection off when a write makes no progress for
+/// `write_timeout`. Each write that takes bytes starts the wait anew, so a client that keeps
+/// reading, however slowly, is never cut off, while one that stops is, whatever the size
+/// of the answer (a bound on the whole answer would cut off a steady slow reader of a large
+/// one).
+pub async fn write_all_progressing<S: AsyncWrite + Unpin, B: Buf>(
+    stream: &mut S,
+    buf: &mut B,
+    write_timeout: Duration,
+) -> std::io::Result<()> {
+    while buf.has_remaining() {
+        match timeout(write_timeout, stream.write_buf(buf)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client took no bytes for the write timeout ({write_timeout:?})"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How long a closing connection waits for its client to close too.

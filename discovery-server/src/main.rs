@@ -25,7 +25,7 @@ use discovery_server::config::{
 use discovery_server::server::Listener;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// A service registry: services register (type, ip, port), keep themselves alive with
@@ -220,6 +220,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    open_files(config.max_connections);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cli.threads > 0 {
         builder.worker_threads(cli.threads);
@@ -301,6 +302,30 @@ async fn wait_for_signal(
         info!(signal = name, "shutting down");
         shutdown.cancel();
     }))
+}
+
+/// Raises the open-files limit as far as the hard limit allows, and says so in one warning
+/// when it still leaves less room than `--max-connections` asks for: past it, connections
+/// are refused with `TooManyConnections` (compat: `ERROR`) by way of the spare descriptors,
+/// before the cap is reached.
+fn open_files(max_connections: usize) {
+    match discovery_server::descriptors::raise_limit(max_connections) {
+        Ok(limit) => {
+            if limit.now != limit.before {
+                info!(before = ?limit.before, now = ?limit.now, "raised the open-files limit");
+            }
+            if let (Some(now), Some(room)) = (limit.now, limit.connections())
+                && room < max_connections as u64
+            {
+                warn!(
+                    "the open-files limit of {now} leaves room for about {room} connections, \
+                     fewer than --max-connections {max_connections}: connections past it are \
+                     refused with TooManyConnections (raise the hard limit, e.g. ulimit -Hn)"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-files limit"),
+    }
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,16 +23,19 @@ use crate::Error;
 use crate::binary::Binary;
 use crate::compat::Compat;
 use crate::config::ServerConfig;
-use crate::frontend::{Context, Frontend};
+use crate::descriptors::{self, Spares};
+use crate::frontend::{Context, Frontend, Refusal};
+use crate::peer::{PeerCounts, PeerKey};
 
 /// The first pause after an accept error that may pass (such as running out of file
 /// descriptors); it doubles on each further error, up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// The longest pause between accept attempts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// The most connections being refused at once (each takes about a second, to make sure its
-/// client reads the refusal); past it, a connection over the cap is closed at once. A
-/// flood of connections over the cap then costs a bounded number of tasks.
+/// The most connections being refused at once, for any reason (each takes about a second,
+/// to make sure its client reads the refusal); past it, a connection that would be refused
+/// is closed at once. A flood of connections over a cap then costs a bounded number of
+/// tasks and descriptors.
 pub const MAX_REFUSALS: usize = 64;
 
 /// Serves the binary protocol on `listener` until `shutdown` is cancelled, over a new
@@ -102,7 +106,7 @@ impl Listener {
 
     /// `listener` speaking the course's JSON protocol ([`crate::compat`]).
     pub fn compat(listener: TcpListener) -> Self {
-        Listener::new(listener, Compat)
+        Listener::new(listener, Compat::default())
     }
 
     /// The name of the protocol it speaks.
@@ -145,7 +149,9 @@ pub async fn serve(
             config: config.clone(),
         },
         permits: Arc::new(Semaphore::new(config.max_connections)),
+        peers: config.max_connections_per_peer.map(PeerCounts::new),
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+        spares: Arc::new(Spares::new()),
         tracker: tracker.clone(),
         force: force.clone(),
         stop,
@@ -177,8 +183,12 @@ struct Serving {
     context: Context,
     /// One permit per open connection, of any listener.
     permits: Arc<Semaphore>,
+    /// The open connections of each peer, when they are capped.
+    peers: Option<PeerCounts>,
     /// One permit per connection being refused.
     refusals: Arc<Semaphore>,
+    /// The descriptors kept to refuse a connection past the process's limit.
+    spares: Arc<Spares>,
     tracker: TaskTracker,
     force: CancellationToken,
     stop: CancellationToken,
@@ -232,13 +242,39 @@ async fn accept_loop<F: Frontend>(
                 debug!(error = %e, "accept failed for one connection");
                 continue;
             }
+            Err(e) if descriptors::is_exhausted(&e) && serving.spares.release() => {
+                // A spare given back: the connection waiting in the backlog can be taken,
+                // to be told that there is no room for it rather than be left to hang.
+                let retried = tokio::select! {
+                    biased;
+                    _ = serving.stop.cancelled() => return Ok(()),
+                    accepted = listener.accept() => accepted,
+                };
+                match retried {
+                    Ok((stream, peer)) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        debug!(%peer, protocol, "no descriptor left; refusing the connection");
+                        refuse(&frontend, stream, peer, serving, Refusal::NoDescriptors);
+                    }
+                    Err(e) => {
+                        debug!(error = %e, protocol, "accept failed with a spare descriptor");
+                        serving.spares.refill();
+                    }
+                }
+                continue;
+            }
             Err(e) if is_transient(&e) => {
                 warn!(error = %e, pause = ?backoff, protocol, "accept failed; pausing");
+                // Out of descriptors with every spare lent to a refusal: the first spare
+                // back ends the pause, so that the connections waiting are refused in
+                // turn rather than one backoff apart.
                 tokio::select! {
                     _ = serving.stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
+                    () = serving.spares.returned(), if descriptors::is_exhausted(&e) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                serving.spares.refill();
                 continue;
             }
             Err(e) => {
@@ -248,8 +284,21 @@ async fn accept_loop<F: Frontend>(
             }
         };
         tune(&stream, peer);
+        // Spares given away and not recycled (another loop took their number first) are
+        // taken again as soon as descriptors are free.
+        serving.spares.refill();
+        let slot = match &serving.peers {
+            Some(peers) => match peers.admit(PeerKey::of(peer.ip())) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse(&frontend, stream, peer, serving, Refusal::PeerFull);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Ok(permit) = serving.permits.clone().try_acquire_owned() else {
-            refuse(&frontend, stream, peer, serving);
+            refuse(&frontend, stream, peer, serving, Refusal::Full);
             continue;
         };
         let frontend = Arc::clone(&frontend);
@@ -266,6 +315,7 @@ async fn accept_loop<F: Frontend>(
                 _ = force.cancelled() => debug!(%peer, "connection closed at the end of the grace"),
             }
             drop(permit);
+            drop(slot);
         });
     }
 }
@@ -281,26 +331,56 @@ fn tune(stream: &TcpStream, peer: SocketAddr) {
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive()) {
         debug!(%peer, error = %e, "cannot set TCP keepalive");
     }
+    // The write timeout sees progress only when the socket becomes writable again, which
+    // by default waits until half of a send buffer of up to 4 MiB has drained: seconds
+    // for a slow reader that reads all along. Keeping at most this much unsent in the
+    // kernel makes every read of the client visible as progress (and bounds what the
+    // kernel holds for a reader that stops).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        debug!(%peer, error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
 }
 
-/// Refuses a connection over the cap in its protocol's words, on a task of its own, or
-/// closes it at once when [`MAX_REFUSALS`] are under way already.
-fn refuse<F: Frontend>(frontend: &Arc<F>, stream: TcpStream, peer: SocketAddr, serving: &Serving) {
+/// The most bytes a connection's socket holds unsent in the kernel (`TCP_NOTSENT_LOWAT`).
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Refuses a connection in its protocol's words, on a task of its own, or closes it at
+/// once when [`MAX_REFUSALS`] are under way already. Either way its descriptor ends as a
+/// spare if spares are missing.
+fn refuse<F: Frontend>(
+    frontend: &Arc<F>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    serving: &Serving,
+    refusal: Refusal,
+) {
     let Ok(refusing) = serving.refusals.clone().try_acquire_owned() else {
-        debug!(%peer, protocol = frontend.name(), "closing connection over the cap at once");
+        debug!(%peer, protocol = frontend.name(), ?refusal, "closing refused connection at once");
+        close(stream, &serving.spares);
         return;
     };
-    debug!(%peer, protocol = frontend.name(), "refusing connection over the cap");
+    debug!(%peer, protocol = frontend.name(), ?refusal, "refusing connection");
     let frontend = Arc::clone(frontend);
     let context = serving.context.clone();
     let force = serving.force.clone();
+    let spares = Arc::clone(&serving.spares);
     serving.tracker.spawn(async move {
         tokio::select! {
-            () = frontend.refuse(stream, &context) => {}
+            () = frontend.refuse(&mut stream, &context, refusal) => {}
             _ = force.cancelled() => {}
         }
+        close(stream, &spares);
         drop(refusing);
     });
+}
+
+/// Closes a socket, keeping its descriptor as a spare when spares are missing.
+fn close(stream: TcpStream, spares: &Spares) {
+    match stream.into_std() {
+        Ok(stream) => spares.recycle(OwnedFd::from(stream)),
+        Err(e) => debug!(error = %e, "cannot take the socket back from the runtime"),
+    }
 }
 
 /// Probes after 30 s of silence, then every 10 s; Linux gives up after 3 unanswered ones.

@@ -27,6 +27,15 @@ impl Wire {
         }
     }
 
+    /// Speaks frames over a stream connected elsewhere (from an address of the test's
+    /// choosing, with socket options of its own), without saying Hello.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self {
+            framed: Framed::new(stream, ClientCodec::default()),
+            next_id: 1,
+        }
+    }
+
     /// Connects and says Hello, checking the Welcome.
     pub async fn hello(addr: SocketAddr) -> Self {
         let mut wire = Self::connect(addr).await;

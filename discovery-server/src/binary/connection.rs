@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 use super::handler::{self, Answer};
 use crate::Error;
 use crate::frontend::{self, Context};
+use crate::throttle::{self, TokenBucket};
 
 /// A buffer whose capacity grew past this for a large answer is given back after it, so
 /// that an idle connection holds no more than an ordinary answer's worth.
@@ -62,6 +63,9 @@ pub struct Connection<S> {
     last_read: Instant,
     idle_timeout: Duration,
     frame_timeout: Duration,
+    write_timeout: Duration,
+    /// The register rate limit of this connection, when there is one.
+    registers: Option<TokenBucket>,
     /// The open watches, by the request id of their `Watch`.
     watches: StreamMap<RequestId, Subscription>,
     max_watches: usize,
@@ -105,6 +109,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             last_read: Instant::now(),
             idle_timeout: config.idle_timeout,
             frame_timeout: config.frame_timeout,
+            write_timeout: config.write_timeout,
+            registers: config
+                .register_bucket()
+                .map(|(rate, burst)| TokenBucket::new(rate, burst)),
             watches: StreamMap::new(),
             max_watches: config.max_watches_per_connection,
             flush_at: config.max_answer_buffer_bytes / 8,
@@ -138,7 +146,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             self.flush().await?;
                             registry.reached(min, frontend::MIN_REVISION_WAIT).await;
                         }
-                        (request_id, handler::handle(registry, request))
+                        let answer = match self.throttle(&request) {
+                            Some(throttled) => Answer::Response(throttled),
+                            None => handler::handle(registry, request),
+                        };
+                        (request_id, answer)
                     }
                     Ok(ClientFrame {
                         request_id,
@@ -442,20 +454,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(item)
     }
 
-    /// Writes out every buffered answer. A client that does not read its answers for the
-    /// frame timeout is cut off, so that it cannot hold a connection open by not reading.
+    /// `Throttled` when `request` is a register over this connection's rate; it then
+    /// does not reach the registry. Every register the bucket lets through takes a token,
+    /// whether the registry then takes it or not: each costs the server the same.
+    fn throttle(&mut self, request: &discovery_proto::Request) -> Option<Response> {
+        if !matches!(request, discovery_proto::Request::Register { .. }) {
+            return None;
+        }
+        let wait = self.registers.as_mut()?.take().err()?;
+        Some(Response::Throttled {
+            retry_after_ms: throttle::retry_after_ms(wait),
+        })
+    }
+
+    /// Writes out every buffered answer. A client that takes no byte of them for the write
+    /// timeout is cut off, so that it cannot hold a connection open by not reading; one
+    /// that keeps reading, however slowly, is never cut off by it.
     async fn flush(&mut self) -> Result<(), Error> {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        let write = self.stream.write_all_buf(&mut self.write_buf);
-        match timeout(self.frame_timeout, write).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "client did not read its answers within the frame timeout",
-            ))),
-        }
+        frontend::write_all_progressing(&mut self.stream, &mut self.write_buf, self.write_timeout)
+            .await?;
+        Ok(())
     }
 
     /// Sends the last answers and closes, so that the client reads them
@@ -539,7 +560,7 @@ fn kept(buffer: Vec<u8>) -> Vec<u8> {
 
 /// Refuses a connection with an error frame, then closes it.
 pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: &mut S,
     kind: ErrorKind,
     message: &str,
 ) {
@@ -556,5 +577,5 @@ pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         // A peer that does not take one small frame within a second is not waited for.
         let _ = timeout(frontend::LINGER, stream.write_all_buf(&mut buf)).await;
     }
-    let _ = frontend::close_gracefully(&mut stream).await;
+    let _ = frontend::close_gracefully(stream).await;
 }

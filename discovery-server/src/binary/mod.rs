@@ -15,11 +15,10 @@ pub mod handler;
 
 use std::net::SocketAddr;
 
-use discovery_proto::ErrorKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::frontend::{Context, Frontend, Stream};
+use crate::frontend::{Context, Frontend, Refusal, Stream};
 
 pub use connection::Connection;
 
@@ -44,11 +43,8 @@ impl Frontend for Binary {
             .await
     }
 
-    async fn refuse<S: Stream>(&self, stream: S, context: &Context) {
-        let message = format!(
-            "the server has its maximum of {} connections",
-            context.config.max_connections
-        );
-        connection::refuse(stream, ErrorKind::TooManyConnections, &message).await;
+    async fn refuse<S: Stream>(&self, stream: &mut S, context: &Context, refusal: Refusal) {
+        let message = refusal.message(&context.config);
+        connection::refuse(stream, refusal.kind(), &message).await;
     }
 }

@@ -14,6 +14,8 @@ use super::handler::handle;
 use super::message::{HEADER_LENGTH_BYTES, HeaderError, Reply, parse_header};
 use crate::Error;
 use crate::frontend::{self, Context};
+use crate::peer::PeerKey;
+use crate::throttle::{PeerBuckets, retry_after_ms};
 
 /// How much is read from the socket at a time, at most.
 const READ_CHUNK: usize = 8 * 1024;
@@ -65,6 +67,7 @@ struct Incoming<S> {
     first_byte: Option<Instant>,
     idle_timeout: Duration,
     frame_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
@@ -134,19 +137,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
         Ok(None)
     }
 
-    /// Writes the answer and closes. A client that does not take it within the frame
-    /// timeout is cut off.
+    /// Writes the answer and closes. A client that takes no byte of it for the write
+    /// timeout is cut off; one that keeps reading is not, however large the answer.
     async fn answer(&mut self, reply: &Reply) -> Result<(), Error> {
         let message = reply.encode();
-        match timeout(self.frame_timeout, self.stream.write_all(&message)).await {
-            Ok(written) => written?,
-            Err(_) => {
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "client did not read its answer within the frame timeout",
-                )));
-            }
-        }
+        let mut rest = message.as_slice();
+        frontend::write_all_progressing(&mut self.stream, &mut rest, self.write_timeout).await?;
         frontend::close_gracefully(&mut self.stream).await?;
         Ok(())
     }
@@ -158,11 +154,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Incoming<S> {
 /// When `shutdown` is cancelled before the message is whole, the client is answered
 /// `ERROR` (the course's clients send their request before they read, so they read it);
 /// a message already whole is answered as usual.
+///
+/// With `buckets` (the register rate limit), a register over its peer's rate is answered
+/// `ERROR` without reaching the registry.
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
     context: &Context,
     shutdown: &CancellationToken,
+    buckets: Option<&PeerBuckets>,
 ) -> Result<(), Error> {
     let config = &context.config;
     let max_frame_bytes = context.max_frame_bytes();
@@ -173,13 +173,17 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         first_byte: None,
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
+        write_timeout: config.write_timeout,
     };
     let answer = match incoming.read_message(max_frame_bytes, shutdown).await? {
-        Read::Message(content) => handle(
-            &context.registry,
-            &content,
-            context.config.max_answer_buffer_bytes,
-        ),
+        Read::Message(content) => match throttled(&content, peer, buckets) {
+            Some(why) => Err(why),
+            None => handle(
+                &context.registry,
+                &content,
+                context.config.max_answer_buffer_bytes,
+            ),
+        },
         Read::Refused(why) => Err(why),
         Read::Shutdown => Err("the server is shutting down".to_owned()),
         Read::Closed(why) => {
@@ -194,13 +198,35 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     incoming.answer(&reply).await
 }
 
+/// Why a register must wait, when `content` is one and its peer's bucket is empty.
+///
+/// Only looks at the `action` (a second parse of at most one frame, and only when the rate
+/// limit is on): whatever else is wrong with the request, [`handle`] finds.
+fn throttled(content: &[u8], peer: SocketAddr, buckets: Option<&PeerBuckets>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Action<'a> {
+        #[serde(borrow)]
+        action: Option<std::borrow::Cow<'a, str>>,
+    }
+    let buckets = buckets?;
+    let action: Action<'_> = serde_json::from_slice(content).ok()?;
+    if action.action.as_deref() != Some("register") {
+        return None;
+    }
+    let wait = buckets.take(PeerKey::of(peer.ip())).err()?;
+    Some(format!(
+        "register rate limit: the next register of this peer is allowed in {} ms",
+        retry_after_ms(wait)
+    ))
+}
+
 /// Refuses a connection over the cap: answers `ERROR` at once, which the course's clients
 /// read after sending their request, and closes, all within a second.
-pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let message = Reply::error().encode();
     let refusal = async {
         stream.write_all(&message).await?;
-        frontend::close_gracefully(&mut stream).await
+        frontend::close_gracefully(stream).await
     };
     let _ = timeout(frontend::LINGER, refusal).await;
 }

@@ -35,11 +35,13 @@ pub mod handler;
 pub mod message;
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::frontend::{Context, Frontend, Stream};
+use crate::frontend::{Context, Frontend, Refusal, Stream};
+use crate::throttle::PeerBuckets;
 
 pub use connection::{refuse, serve_connection};
 pub use handler::handle;
@@ -48,8 +50,13 @@ pub use message::{
 };
 
 /// The course's JSON protocol, as a [`Frontend`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Compat;
+#[derive(Debug, Default)]
+pub struct Compat {
+    /// The register rate limit's buckets, one per peer (a compat connection carries one
+    /// request, so a bucket per connection would never empty); made on the first
+    /// connection, from the configuration it is served with.
+    buckets: OnceLock<PeerBuckets>,
+}
 
 impl Frontend for Compat {
     fn name(&self) -> &'static str {
@@ -63,10 +70,15 @@ impl Frontend for Compat {
         context: &Context,
         stop: &CancellationToken,
     ) -> Result<(), Error> {
-        serve_connection(stream, peer, context, stop).await
+        let buckets = context
+            .config
+            .register_bucket()
+            .map(|(rate, burst)| self.buckets.get_or_init(|| PeerBuckets::new(rate, burst)));
+        serve_connection(stream, peer, context, stop, buckets).await
     }
 
-    async fn refuse<S: Stream>(&self, stream: S, _context: &Context) {
+    async fn refuse<S: Stream>(&self, stream: &mut S, _context: &Context, _refusal: Refusal) {
+        // The course's protocol has one word for every refusal.
         refuse(stream).await;
     }
 }
