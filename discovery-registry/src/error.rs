@@ -28,6 +28,20 @@ pub enum Error {
         /// The limit in force.
         max: usize,
     },
+    /// The server has as many watched types (feeds) as it may, none of them waiting out its
+    /// window to make room.
+    #[error("the server watches its maximum of {max} types")]
+    WatchedTypeLimit {
+        /// The limit in force.
+        max: usize,
+    },
+    /// The watch feeds take as many bytes as they may: a new feed's fixed cost would pass
+    /// the bound.
+    #[error("the watch feeds hold their maximum of {max} bytes")]
+    WatchBytesLimit {
+        /// The limit in force.
+        max: usize,
+    },
     /// The type holds as many instances as it may.
     #[error("type {service_type:?} holds its maximum of {max} instances")]
     TypeLimit {
@@ -91,6 +105,8 @@ impl Error {
             Error::InvalidMetadata(_) => ErrorKind::InvalidMetadata,
             Error::InstanceLimit { .. } => ErrorKind::InstanceLimit,
             Error::TypeLimit { .. } => ErrorKind::TypeLimit,
+            Error::WatchedTypeLimit { .. } => ErrorKind::WatchedTypeLimit,
+            Error::WatchBytesLimit { .. } => ErrorKind::WatchBytesLimit,
             Error::RegistryBytesLimit { .. } => ErrorKind::RegistryBytesLimit,
             Error::InvalidTtl { .. } => ErrorKind::InvalidTtl,
             // A frontend answers `NotFound` for it, never an error; a configuration error

@@ -47,7 +47,7 @@ pub use error::Error;
 pub use feed::{Change, ChangeEvent, WatchStart};
 pub use members::Members;
 pub use registry::{Lifetime, Registered, Registry};
-pub use subscription::Subscription;
+pub use subscription::{Lagged, Subscription};
 
 /// The wire types the registry's methods take and give, re-exported so that a caller needs
 /// no direct dependency on `discovery-proto`.

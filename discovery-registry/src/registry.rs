@@ -452,7 +452,7 @@ impl Registry {
     /// Every live instance of `service_type`, in no particular order.
     ///
     /// Its cost is proportional to the instances of that type, whatever the registry holds
-    /// besides; the lock is taken once per [`BATCH`](crate::members::BATCH) of them, so a
+    /// besides; the lock is taken once per [`BATCH`] of them, so a
     /// big type does not stall other requests (see [`crate::members`] for what a reader
     /// sees).
     pub fn query(&self, service_type: &str) -> Vec<Instance> {
@@ -506,7 +506,7 @@ impl Registry {
     }
 
     /// Visits the next live instances of `members` under one hold of the lock: at most
-    /// [`BATCH`](crate::members::BATCH) slots, or fewer when `visit` breaks (the instance it
+    /// [`BATCH`] slots, or fewer when `visit` breaks (the instance it
     /// broke on counts as visited). Returns true while slots are left to read.
     ///
     /// ```
@@ -635,13 +635,27 @@ impl Registry {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidServiceType`] when the type breaks the rules of a register's type.
+    /// [`Error::InvalidServiceType`] when the type breaks the rules of a register's type;
+    /// [`Error::WatchedTypeLimit`] or [`Error::WatchBytesLimit`] when the type has no feed
+    /// and a new one would pass `max_watched_types` or `max_watch_bytes` (feeds waiting out
+    /// their window are forgotten first to make room). A refused watch allocates nothing.
     pub fn watch(
         &self,
         service_type: &str,
         since: Option<Revision>,
     ) -> Result<Subscription, Error> {
         self.subscribe(service_type, since, since.is_some())
+    }
+
+    /// Checks `service_type` against the rules of a register's type, as [`Registry::watch`]
+    /// does first: a frontend that refuses a watch for a limit of its own checks this
+    /// before, so that an invalid type is told so whatever else holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidServiceType`], saying why.
+    pub fn check_service_type(&self, service_type: &str) -> Result<(), Error> {
+        rules::check_service_type(service_type, &self.core.config)
     }
 
     /// A new subscription to the same type as `subscription` that starts with a snapshot
@@ -672,10 +686,10 @@ impl Registry {
             Some(interned) => Arc::clone(interned),
             None => Arc::from(service_type),
         };
-        let (start, changes) =
+        let (start, position, wake) =
             state
                 .feeds
-                .subscribe(&service_type, since, tokio::time::Instant::now());
+                .subscribe(&service_type, since, tokio::time::Instant::now())?;
         let start = match start {
             Ok(resume) => resume,
             // The instances are read from this copy in batches, as they are sent.
@@ -692,7 +706,13 @@ impl Registry {
         // A feed waiting out its window may have been taken up again: the task's next
         // wake-up is recomputed.
         self.core.wake_expiry.notify_one();
-        Ok(Subscription::new(&self.core, service_type, start, changes))
+        Ok(Subscription::new(
+            &self.core,
+            service_type,
+            start,
+            position,
+            wake,
+        ))
     }
 
     /// Frees now what the expiry task would free at this instant, in the same bounded
@@ -727,6 +747,12 @@ impl Registry {
     /// The number of types with a watch feed (watched now, or within the window).
     pub fn watched_types(&self) -> usize {
         self.core.lock().feeds.len()
+    }
+
+    /// The bytes the watch feeds take (their fixed costs and the changes they hold), as
+    /// the `max_watch_bytes` bound counts them.
+    pub fn watch_bytes(&self) -> usize {
+        self.core.lock().feeds.bytes()
     }
 
     /// The number of entries held in memory. An expired entry the expiry task has not freed

@@ -67,6 +67,8 @@ impl Core {
             config.watch_history,
             config.watch_queue,
             config.watch_window,
+            config.max_watched_types,
+            config.max_watch_bytes,
         );
         let removals = Removals::new(nanos(config.max_ttl), config.remembered_removals);
         Core {

@@ -217,8 +217,6 @@ impl ServerConfig {
     /// The limits announced in `Welcome` when the registry served is configured by
     /// `registry`: the `Welcome` reads them from the registry itself
     /// ([`Registry::config`]), which may have been made elsewhere than from this config.
-    /// The bounds of the bounded-server work that are not enforced yet are announced as
-    /// off.
     ///
     /// [`Registry::config`]: discovery_registry::Registry::config
     pub fn limits_with(&self, registry: &RegistryConfig) -> Limits {
@@ -235,8 +233,8 @@ impl ServerConfig {
             max_connections: u64_of(self.max_connections),
             max_watches_per_connection: u32_of(self.max_watches_per_connection),
             max_connections_per_peer: self.max_connections_per_peer.map(u32_of),
-            max_watched_types: None,
-            max_watch_bytes: None,
+            max_watched_types: Some(u64_of(registry.max_watched_types)),
+            max_watch_bytes: Some(u64_of(registry.max_watch_bytes)),
             max_answer_buffer_bytes: Some(u64_of(self.max_answer_buffer_bytes)),
             max_registry_bytes: Some(u64_of(registry.max_registry_bytes)),
             write_timeout: Some(self.write_timeout),

@@ -243,11 +243,16 @@ async fn past_the_open_files_limit_connections_are_refused_with_a_frame() {
         ],
     )
     .await;
+    // The warning is written before `listening on`, but read by another task: wait for it.
+    let warned = |logs: &str| {
+        logs.contains("open-files limit of 128") && logs.contains("--max-connections 1000")
+    };
+    let waited = tokio::time::Instant::now();
+    while !warned(&process.logs()) && waited.elapsed() < discovery_test_support::PATIENCE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let logs = process.logs();
-    assert!(
-        logs.contains("open-files limit of 128") && logs.contains("--max-connections 1000"),
-        "the start warns, with both numbers: {logs}"
-    );
+    assert!(warned(&logs), "the start warns, with both numbers: {logs}");
     assert_eq!(
         logs.lines()
             .filter(|line| line.contains("open-files"))

@@ -20,11 +20,12 @@ use discovery_proto::encoding::ListWriter;
 use discovery_proto::{
     ClientFrame, Entry, ErrorKind, RequestId, Response, SERVER_REQUEST_ID, ServerFrame,
 };
-use discovery_registry::{Change, ChangeEvent, Members, Registry, Subscription, WatchStart};
+use discovery_registry::{
+    Change, ChangeEvent, Lagged, Members, Registry, Subscription, WatchStart,
+};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -90,7 +91,7 @@ enum Fill {
     /// The server is shutting down.
     Shutdown,
     /// A watch of this connection has a change to send, or fell behind its queue.
-    Change(RequestId, Result<Arc<Change>, BroadcastStreamRecvError>),
+    Change(RequestId, Result<Arc<Change>, Lagged>),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -266,8 +267,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.scratch = kept(scratch);
                 Ok(true)
             }
-            Answer::Watch(subscription) => {
-                let refusal = if self.watches.contains_key(&request_id) {
+            Answer::Watch {
+                service_type,
+                since,
+            } => {
+                // The connection's own caps before subscribing: a refused watch must cost
+                // the registry nothing. An invalid type is told so first.
+                let refusal = if let Err(e) = registry.check_service_type(&service_type) {
+                    Some(handler::refusal(&e))
+                } else if self.watches.contains_key(&request_id) {
                     Some(handler::error(
                         ErrorKind::DuplicateWatch,
                         format!("watch {request_id} is already open on this connection"),
@@ -283,9 +291,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 } else {
                     None
                 };
-                match refusal {
-                    Some(refusal) => self.push(&ServerFrame::new(request_id, refusal))?,
-                    None => {
+                let subscription = match refusal {
+                    Some(refusal) => Err(refusal),
+                    None => registry
+                        .watch(&service_type, since)
+                        .map_err(|e| handler::refusal(&e)),
+                };
+                match subscription {
+                    Err(refusal) => self.push(&ServerFrame::new(request_id, refusal))?,
+                    Ok(subscription) => {
                         self.open_watch(registry, request_id, subscription, max_frame_bytes)
                             .await?
                     }
@@ -416,12 +430,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         registry: &Registry,
         id: RequestId,
-        change: Result<Arc<Change>, BroadcastStreamRecvError>,
+        change: Result<Arc<Change>, Lagged>,
         max_frame_bytes: usize,
     ) -> Result<(), Error> {
         match change {
             Ok(change) => self.push(&change_frame(id, &change)),
-            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+            Err(Lagged { missed }) => {
                 debug!(peer = %self.peer, watch = id, missed, "watcher fell behind; sending a reset");
                 let Some(stale) = self.watches.remove(&id) else {
                     return Ok(());

@@ -3,7 +3,7 @@
 //! place and tested alone.
 
 use discovery_proto::{ErrorKind, PROTOCOL_VERSION, Request, RequestId, Response};
-use discovery_registry::{Error as RegistryError, Registered, Registry, Subscription};
+use discovery_registry::{Error as RegistryError, Registered, Registry};
 
 use crate::frontend::Context;
 
@@ -20,8 +20,15 @@ pub enum Answer {
     Types,
     /// A last frame, after which the connection is closed.
     Close(Response),
-    /// A watch to open on the connection, which sends its start and changes.
-    Watch(Subscription),
+    /// A watch of this type to open on the connection, which checks its own caps first (so
+    /// that a refused watch costs the registry nothing), then subscribes and sends the
+    /// start and the changes.
+    Watch {
+        /// The type to watch.
+        service_type: String,
+        /// Where the client's knowledge stops, to resume from.
+        since: Option<discovery_proto::Revision>,
+    },
     /// The watch opened by this request id to close; the connection answers `Ok` or
     /// `NotFound`.
     Unwatch(RequestId),
@@ -101,10 +108,12 @@ pub fn handle(registry: &Registry, request: Request) -> Answer {
             service_type,
             since,
             ..
-        } => match registry.watch(&service_type, since) {
-            Ok(subscription) => return Answer::Watch(subscription),
-            Err(e) => refusal(&e),
-        },
+        } => {
+            return Answer::Watch {
+                service_type,
+                since,
+            };
+        }
         Request::Unwatch { watch } => return Answer::Unwatch(watch),
     };
     Answer::Response(response)
@@ -120,7 +129,7 @@ pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
 
 /// The answer to a request the registry refused: `NotFound`, with the reason it remembers,
 /// or an error of the refusal's kind.
-fn refusal(e: &RegistryError) -> Response {
+pub fn refusal(e: &RegistryError) -> Response {
     match e {
         RegistryError::NotFound { reason } => Response::NotFound { reason: *reason },
         e => error(e.kind(), e.to_string()),
