@@ -1,14 +1,28 @@
 //! The one place that turns messages into payload bytes and back.
 //!
 //! The payload encoding is bincode 2 through serde, with its standard configuration
-//! (little-endian, variable-length integers) and a decode limit, so that a length inside a
-//! payload can never make the decoder allocate much more than a frame could hold. Every call
-//! to bincode in the project is in this module: moving to another encoding is a change to
-//! this file alone.
+//! (little-endian, variable-length integers). Every call to bincode in the project is in
+//! this module: moving to another encoding is a change to this file alone.
+//!
+//! # What decoding may allocate
+//!
+//! Never more than the bytes left in the payload can back: a length prefix is not believed
+//! before the bytes it announces are there. bincode itself would allocate (and zero) a
+//! string's claimed length before reading it, and let serde reserve up to 1 MiB for a
+//! list's claimed count; [`decode`] therefore runs bincode's deserializer through the
+//! adapter of the private `bounded` module, which reads strings and byte strings as
+//! borrowed from the payload (their bytes are checked to be there, then copied exactly),
+//! reserves nothing for a list or a map ahead of its items, and refuses at once a list or
+//! a map that claims more items than the payload has bytes. What a malformed frame costs
+//! is then bounded by its length, which the framing caps at [`MAX_FRAME_BYTES`]. The
+//! module's own documentation says why this and not a per-frame decode limit.
+
+mod bounded;
 
 use std::io::Write;
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use bincode::error::DecodeError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,9 +32,9 @@ use crate::{Entry, Error, Instance, MAX_FRAME_BYTES, RequestId, Response, Server
 ///
 /// The limit is not a count of the bytes read: bincode charges it for what decoding claims
 /// (string and integer reads, container lengths), so a full 64 KiB frame of small instances
-/// goes over a limit of 64 KiB. What bounds the work of a frame is its length, which the
-/// framing caps at [`MAX_FRAME_BYTES`]; this limit, 64 times that, is a second guard
-/// against a length inside a payload that claims more than any frame could hold.
+/// goes over a limit of 64 KiB. It does not bound what decoding allocates (the `bounded`
+/// adapter does, by the bytes present); it stays as a last guard on the total claimed,
+/// 64 times the largest frame, which no valid frame comes near.
 const DECODE_LIMIT: usize = MAX_FRAME_BYTES * 64;
 
 type Config = Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>>;
@@ -89,8 +103,12 @@ pub fn encoded_len<T: Serialize>(value: &T) -> usize {
 
 /// Decodes one whole payload. Bytes left over after the message are an error, as is
 /// anything that does not decode; neither ever panics.
+///
+/// What it allocates is bounded by the payload's length, whatever lengths the payload
+/// claims (see the module's documentation).
 pub fn decode<F: Frame>(payload: &[u8]) -> Result<F, Error> {
-    match bincode::serde::decode_from_slice::<F, _>(payload, CONFIG) {
+    let root = bounded::Root::<F>::new(payload.len());
+    match bincode::serde::seed_decode_from_slice(root, payload, CONFIG) {
         Ok((frame, used)) if used == payload.len() => Ok(frame),
         Ok((frame, used)) => Err(Error::TrailingBytes {
             request_id: frame.request_id(),
@@ -98,7 +116,12 @@ pub fn decode<F: Frame>(payload: &[u8]) -> Result<F, Error> {
         }),
         Err(e) => Err(Error::Malformed {
             request_id: peek_request_id(payload),
-            reason: e.to_string(),
+            reason: match e {
+                // A refusal of the `bounded` adapter, whose text says it all (bincode's
+                // own display would wrap it in the variant's name).
+                DecodeError::OtherString(text) => text,
+                e => e.to_string(),
+            },
         }),
     }
 }

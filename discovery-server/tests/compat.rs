@@ -412,6 +412,63 @@ async fn what_cannot_be_framed_is_closed_without_answer() {
     server.stop().await;
 }
 
+/// Finding 10 of issue 15: a `content-length` past u64 (2^64, which JSON parsers read as a
+/// float) or past even a float's range was answered `ERROR`; like every over-cap length it
+/// closes without an answer, and the server, its other connections (one of each protocol,
+/// one of them mid-message) and its instances go on as before.
+#[tokio::test]
+async fn an_over_cap_length_past_any_integer_closes_and_touches_nothing_else() {
+    let server = compat_server(ServerConfig::default()).await;
+    let addr = server.compat_addr();
+    let from_compat = register(addr, "hive", 65433).await;
+    let mut wire = Wire::hello(server.addr).await;
+    let from_typed = wire.register("hive", 65434).await;
+    // A compat client whose request is half sent while the others are turned away.
+    let query = request(r#"{"action": "query", "type": "hive"}"#);
+    let mut pending = TcpStream::connect(addr).await.unwrap();
+    pending.write_all(&query[..10]).await.unwrap();
+
+    let huge = format!("1{}", "0".repeat(400));
+    for length in [
+        "18446744073709551616",
+        "18446744073709551617",
+        "340282366920938463463374607431768211456",
+        "1e20",
+        &huge,
+        "1e400",
+    ] {
+        let header = format!(
+            r#"{{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": {length}}}"#
+        );
+        for content in [&b""[..], br#"{"action": "query", "type": "hive"}"#] {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&message(&header, content)).await.unwrap();
+            closed_without_answer(&mut stream).await;
+        }
+    }
+
+    pending.write_all(&query[10..]).await.unwrap();
+    let answer = read_answer(&mut pending).await;
+    let inner: String = serde_json::from_str(&answer.content).expect("a JSON string");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&inner).expect("a JSON list");
+    assert_eq!(list.len(), 2, "{inner}");
+    assert_eq!(wire.call(Request::Ping).await, Response::Pong);
+    let mut ids: Vec<Uuid> = wire.query("hive").await.iter().map(|i| i.id).collect();
+    ids.sort();
+    let mut expected = vec![from_compat, from_typed];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(heartbeat(addr, &from_compat.to_string()).await, plain("OK"));
+    assert_eq!(
+        listed(addr, "hive").await,
+        [("127.0.0.1".into(), 65433), ("127.0.0.1".into(), 65434)]
+    );
+    // Closed on this side too, so that the server's linger does not wait for them.
+    drop(pending);
+    drop(wire);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_sender_stalled_mid_message_is_cut_off() {
     let server = compat_server(short_config()).await;

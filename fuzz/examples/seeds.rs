@@ -28,6 +28,10 @@ fn main() -> std::io::Result<()> {
     }
     decode.push(all);
     decode.push(vec![0xff, 0xff, 0xff, 0xff]);
+    for payload in lying_lengths() {
+        decode.push(framed(&payload));
+        decode.push(payload);
+    }
     write(&root.join("frame_decode"), &decode)?;
 
     // connection: each request after the Hello the target adds, through each pipe size;
@@ -104,6 +108,59 @@ fn main() -> std::io::Result<()> {
     connection.push(watched);
     write(&root.join("connection"), &connection)?;
     Ok(())
+}
+
+/// Payloads whose lengths lie (issue 15, finding 7): strings, lists and maps that claim far
+/// more than the payload holds, from just under the decode limit to 2^63, at the top of a
+/// message and inside an entry, and a count the payload could hold whose items run out.
+/// The decoder must refuse each having allocated nothing for the claim.
+fn lying_lengths() -> Vec<Vec<u8>> {
+    let varint = |n: u64| -> Vec<u8> {
+        match n {
+            0..=250 => vec![n as u8],
+            251..=0xFFFF => [&[251][..], &(n as u16).to_le_bytes()].concat(),
+            0x1_0000..=0xFFFF_FFFF => [&[252][..], &(n as u32).to_le_bytes()].concat(),
+            _ => [&[253][..], &n.to_le_bytes()].concat(),
+        }
+    };
+    let claims = [(4 << 20) - 64, 3_000_000, u64::from(u32::MAX), 1 << 63];
+    let mut payloads = Vec::new();
+    for claim in claims {
+        let lie = varint(claim);
+        let with = |head: &[u8], tail: &[u8]| [head, &lie, tail].concat();
+        let mut update = vec![1, 9, 16];
+        update.extend([0xab; 16]);
+        let mut entry = vec![1, 4, 1, b'a', 0, 1, 16];
+        entry.extend([0xab; 16]);
+        entry.extend([0, 127, 0, 0, 1, 80, 1]);
+        payloads.extend([
+            // Query { service_type } with a string of `claim` bytes, 3 of them there: the
+            // 14-byte frame of the finding for the first claim.
+            with(&[1, 4], b"abc"),
+            // Register "a" 127.0.0.1:80 with `claim` metadata pairs.
+            with(
+                &[1, 1, 1, b'a', 0, 127, 0, 0, 1, 80],
+                &[1, b'k', 1, b'v', 0],
+            ),
+            // Update with `claim` metadata pairs.
+            with(&update, &[1, b'k', 1, b'v']),
+            // Instances of "a" with `claim` entries.
+            with(&[1, 4, 1, b'a', 0], &[0]),
+            // Snapshot at revision 1-2 with `claim` entries.
+            with(&[1, 7, 1, 2, 0], &[0]),
+            // Types with `claim` types.
+            with(&[1, 11], &[1, b'a', 1, 0]),
+            // An entry whose metadata key claims `claim` bytes.
+            with(&entry, b"zone"),
+        ]);
+    }
+    // Types claiming 600 types in a payload of about 600 bytes, one of them there.
+    let mut short = vec![1, 11, 251];
+    short.extend(600u16.to_le_bytes());
+    short.extend([1, b'a', 1]);
+    short.extend([0xff; 590]);
+    payloads.push(short);
+    payloads
 }
 
 fn write(dir: &Path, inputs: &[Vec<u8>]) -> std::io::Result<()> {

@@ -163,6 +163,80 @@ mod tests {
         );
     }
 
+    /// Finding 10 of issue 15: every number over the cap, however large and in whatever
+    /// form, cannot be framed; within the cap, only a non-negative integer is a length.
+    #[test]
+    fn every_over_cap_length_cannot_be_framed_however_large() {
+        let with_length = |length: &str| {
+            format!(
+                r#"{{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", "content-length": {length}}}"#
+            )
+        };
+        let huge = format!("1{}", "0".repeat(400));
+        for (length, announced) in [
+            ("1025", 1025),
+            ("18446744073709551615", u64::MAX),
+            // 2^64 and past: serde_json reads these as floats.
+            ("18446744073709551616", u64::MAX),
+            ("340282366920938463463374607431768211456", u64::MAX),
+            ("1e20", u64::MAX),
+            ("1025.5", 1025),
+            // Past a float's range: serde_json refuses the header, which is scanned.
+            (huge.as_str(), u64::MAX),
+            ("1e400", u64::MAX),
+        ] {
+            assert_eq!(
+                parse_header(with_length(length).as_bytes(), 1024),
+                Err(HeaderError::TooLong {
+                    content_length: announced,
+                    max: 1024
+                }),
+                "{}",
+                &length[..length.len().min(40)]
+            );
+        }
+        // Whatever else the header holds, a valid object or not.
+        for header in [
+            format!(r#"{{"content-length": {huge}}}"#),
+            format!(r#"{{"a": [1, {{"b": "}}"}}], "content-length": {huge}, "c": tru}}"#),
+            format!(r#"{{"content-length": 5, "content-length": {huge}}}"#),
+            format!(r#"{{"content-length": 1e999, "x": {huge}}}"#),
+        ] {
+            assert!(
+                matches!(
+                    parse_header(header.as_bytes(), 1024),
+                    Err(HeaderError::TooLong { .. })
+                ),
+                "{}",
+                &header[..header.len().min(80)]
+            );
+        }
+        // Within the cap or below zero, anything but an integer is invalid; so is a huge
+        // number that is not content-length, or not a JSON number.
+        for header in [
+            with_length("5.0"),
+            with_length("-1"),
+            with_length(&format!("-{huge}")),
+            with_length("-1e400"),
+            with_length(&format!("+{huge}")),
+            with_length("Infinity"),
+            with_length(&format!("0{huge}")),
+            with_length(&format!("\"{huge}\"")),
+            format!(r#"{{"content-length": 5, "other": {huge}}}"#),
+            format!(r#"[{huge}]"#),
+            format!(r#"{{"content-length": {huge}"#),
+        ] {
+            assert!(
+                matches!(
+                    parse_header(header.as_bytes(), 1024),
+                    Err(HeaderError::Invalid(_))
+                ),
+                "{}",
+                &header[..header.len().min(80)]
+            );
+        }
+    }
+
     fn call(registry: &Registry, content: &str) -> Result<Reply, String> {
         handle(registry, content.as_bytes(), 1 << 20)
     }
